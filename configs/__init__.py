@@ -1,0 +1,1 @@
+"""Named setups as ml_collections config files: `--config=configs/NAME.py`."""

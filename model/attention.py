@@ -1,0 +1,160 @@
+"""Multi-head scaled dot-product attention: softmax(Q Kᵀ / √d_k) V, with masks and a cache.
+
+`dot_product_attention` is the pure formula. `MultiHeadAttention` owns the projections
+W^Q, W^K, W^V (fused into one kernel for self-attention) and W^O, and exposes the pieces
+that cached decoding needs: projecting keys/values once, and attending with given ones.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from model.config import TransformerConfig
+
+Array = jax.Array
+
+
+def dot_product_attention(
+    query: Array,  # [batch, q_len, heads, head_dim]
+    key: Array,  # [batch, kv_len, heads, head_dim]
+    value: Array,  # [batch, kv_len, heads, head_dim]
+    mask: Array | None,  # bool, broadcastable to [batch, heads, q_len, kv_len]; True = attend
+    *,
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
+    return_weights: bool = False,
+) -> tuple[Array, Array | None]:
+    """Returns (attention output [batch, q_len, heads, head_dim], weights or None).
+
+    Uses `jax.nn.dot_product_attention` (fused kernels on GPU) unless the caller needs what it
+    cannot give: dropout on the attention weights, or the weights themselves.
+    """
+    if not return_weights and (dropout_rate == 0.0 or dropout_rng is None):
+        if mask is not None:
+            mask = jnp.broadcast_to(
+                mask, (query.shape[0], mask.shape[1], query.shape[1], key.shape[1])
+            )
+        return jax.nn.dot_product_attention(query, key, value, mask=mask), None
+
+    scale = query.shape[-1] ** -0.5
+    logits = jnp.einsum(
+        "bqnh,bknh->bnqk", query, key, preferred_element_type=jnp.float32
+    ) * scale  # [batch, heads, q_len, kv_len]
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1)
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    output = jnp.einsum("bnqk,bknh->bqnh", weights.astype(value.dtype), value)
+    return output, weights
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention; `self_attention` fuses the Q, K and V projections in one matmul."""
+
+    config: TransformerConfig
+    self_attention: bool
+
+    def setup(self) -> None:
+        cfg = self.config
+        init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(-2, -1), batch_axis=(1,))
+        if self.self_attention:
+            # [embed, 3 (q, k, v), heads, head_dim]
+            self.qkv_kernel = self.param(
+                "qkv",
+                nn.with_logical_partitioning(init, ("embed", None, "heads", "kv")),
+                (cfg.d_model, 3, cfg.num_heads, cfg.head_dim),
+                cfg.parameter_dtype,
+            )
+        else:
+            # [embed, heads, head_dim] and [embed, 2 (k, v), heads, head_dim]
+            self.q_kernel = self.param(
+                "query",
+                nn.with_logical_partitioning(
+                    nn.initializers.xavier_uniform(in_axis=0, out_axis=(-2, -1)),
+                    ("embed", "heads", "kv"),
+                ),
+                (cfg.d_model, cfg.num_heads, cfg.head_dim),
+                cfg.parameter_dtype,
+            )
+            self.kv_kernel = self.param(
+                "key_value",
+                nn.with_logical_partitioning(init, ("embed", None, "heads", "kv")),
+                (cfg.d_model, 2, cfg.num_heads, cfg.head_dim),
+                cfg.parameter_dtype,
+            )
+        # [heads, head_dim, embed]
+        self.out_kernel = self.param(
+            "out",
+            nn.with_logical_partitioning(
+                nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=-1),
+                ("heads", "kv", "embed"),
+            ),
+            (cfg.num_heads, cfg.head_dim, cfg.d_model),
+            cfg.parameter_dtype,
+        )
+        self.dropout = nn.Dropout(cfg.attention_dropout_rate)
+
+    def _cast(self, kernel: Array) -> Array:
+        return jnp.asarray(kernel, self.config.compute_dtype)
+
+    def project_qkv(self, x: Array) -> tuple[Array, Array, Array]:
+        """x [batch, length, embed] -> q, k, v, each [batch, length, heads, head_dim]."""
+        qkv = jnp.einsum("ble,etnh->tblnh", x, self._cast(self.qkv_kernel))
+        qkv = nn.with_logical_constraint(qkv, (None, "batch", "length", "heads", "kv"))
+        return qkv[0], qkv[1], qkv[2]
+
+    def project_query(self, x: Array) -> Array:
+        """x [batch, length, embed] -> q [batch, length, heads, head_dim] (cross-attention)."""
+        q = jnp.einsum("ble,enh->blnh", x, self._cast(self.q_kernel))
+        return nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+
+    def project_key_value(self, memory: Array) -> tuple[Array, Array]:
+        """memory [batch, length, embed] -> k, v [batch, length, heads, head_dim]."""
+        kv = jnp.einsum("ble,etnh->tblnh", memory, self._cast(self.kv_kernel))
+        kv = nn.with_logical_constraint(kv, (None, "batch", "length", "heads", "kv"))
+        return kv[0], kv[1]
+
+    def attend(
+        self, q: Array, k: Array, v: Array, mask: Array | None, deterministic: bool
+    ) -> Array:
+        """Attention with given projections, then W^O. Returns [batch, q_len, embed].
+
+        The keys may have fewer batch rows than the queries: during beam search the encoder's
+        keys are stored once per sentence, and the beams of one sentence are folded into the
+        query-length axis (every query attends independently, so this is exact).
+        """
+        batch, q_len = q.shape[:2]
+        kv_batch = k.shape[0]
+        if kv_batch != batch:  # [batch * beams, q_len, ...] -> [batch, beams * q_len, ...]
+            q = q.reshape(kv_batch, (batch // kv_batch) * q_len, *q.shape[2:])
+        rate = self.config.attention_dropout_rate
+        dropout_rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
+        want_weights = self.is_mutable_collection("intermediates")
+        out, weights = dot_product_attention(
+            q, k, v, mask, dropout_rate=rate, dropout_rng=dropout_rng,
+            return_weights=want_weights,
+        )
+        if want_weights:
+            self.sow("intermediates", "attention_weights", weights)
+        out = out.reshape(batch, q_len, *out.shape[2:])
+        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+        y = jnp.einsum("blnh,nhe->ble", out, self._cast(self.out_kernel))
+        return nn.with_logical_constraint(y, ("batch", "length", "embed"))
+
+    def __call__(
+        self,
+        x: Array,  # [batch, q_len, embed]
+        mask: Array | None,
+        memory: Array | None = None,  # [batch, kv_len, embed] for cross-attention
+        deterministic: bool = True,
+    ) -> Array:
+        if self.self_attention:
+            q, k, v = self.project_qkv(x)
+        else:
+            q = self.project_query(x)
+            k, v = self.project_key_value(memory)
+        return self.attend(q, k, v, mask, deterministic)

@@ -1,0 +1,162 @@
+"""Encoder and decoder layers: attention and feed-forward sub-layers with residuals and LayerNorm.
+
+Post-LN (the paper): x = LayerNorm(x + Dropout(Sublayer(x))).
+Pre-LN (option):     x = x + Dropout(Sublayer(LayerNorm(x))), with a final LayerNorm per stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from model.attention import MultiHeadAttention
+from model.config import TransformerConfig
+
+Array = jax.Array
+
+
+def layer_norm(config: TransformerConfig, name: str | None = None) -> nn.LayerNorm:
+    """LayerNorm with logical names on its scale and bias; statistics in float32."""
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_epsilon,
+        dtype=config.compute_dtype,
+        param_dtype=config.parameter_dtype,
+        use_fast_variance=False,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        name=name,
+    )
+
+
+class FeedForward(nn.Module):
+    """FFN(x) = max(0, x W1 + b1) W2 + b2, applied at every position."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool) -> Array:
+        cfg = self.config
+        dense = lambda features, names, name: nn.Dense(
+            features,
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.parameter_dtype,
+            kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), names),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]),
+            name=name,
+        )
+        h = nn.relu(dense(cfg.d_ff, ("embed", "mlp"), "wi")(x))  # [batch, length, mlp]
+        h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+        h = nn.Dropout(cfg.relu_dropout_rate)(h, deterministic=deterministic)
+        y = dense(cfg.d_model, ("mlp", "embed"), "wo")(h)
+        return nn.with_logical_constraint(y, ("batch", "length", "embed"))
+
+
+class Residual(nn.Module):
+    """Wraps one sub-layer with dropout, the residual connection and LayerNorm (post or pre)."""
+
+    config: TransformerConfig
+
+    def setup(self) -> None:
+        self.norm = layer_norm(self.config)
+        self.dropout = nn.Dropout(self.config.dropout_rate)
+
+    def __call__(self, x: Array, sublayer: Callable[[Array], Array], deterministic: bool) -> Array:
+        if self.config.norm_position == "pre":
+            return x + self.dropout(sublayer(self.norm(x)), deterministic=deterministic)
+        return self.norm(x + self.dropout(sublayer(x), deterministic=deterministic))
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention, then feed-forward."""
+
+    config: TransformerConfig
+
+    def setup(self) -> None:
+        self.self_attention = MultiHeadAttention(self.config, self_attention=True)
+        self.attention_residual = Residual(self.config)
+        self.feed_forward = FeedForward(self.config)
+        self.feed_forward_residual = Residual(self.config)
+
+    def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+        x = self.attention_residual(
+            x, lambda y: self.self_attention(y, mask, deterministic=deterministic), deterministic
+        )
+        return self.feed_forward_residual(
+            x, lambda y: self.feed_forward(y, deterministic), deterministic
+        )
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention, encoder-decoder attention, then feed-forward.
+
+    `__call__` runs a whole (teacher-forced) target sequence; `step` runs one new position
+    against a key/value cache and returns the updated cache entries.
+    """
+
+    config: TransformerConfig
+
+    def setup(self) -> None:
+        self.self_attention = MultiHeadAttention(self.config, self_attention=True)
+        self.self_attention_residual = Residual(self.config)
+        self.cross_attention = MultiHeadAttention(self.config, self_attention=False)
+        self.cross_attention_residual = Residual(self.config)
+        self.feed_forward = FeedForward(self.config)
+        self.feed_forward_residual = Residual(self.config)
+
+    def __call__(
+        self,
+        x: Array,  # [batch, target_length, embed]
+        self_mask: Array,  # [batch, 1, target_length, target_length]
+        encoded: Array,  # [batch, source_length, embed]
+        cross_mask: Array,  # [batch, 1, target_length, source_length]
+        deterministic: bool,
+    ) -> Array:
+        x = self.self_attention_residual(
+            x, lambda y: self.self_attention(y, self_mask, deterministic=deterministic),
+            deterministic,
+        )
+        x = self.cross_attention_residual(
+            x,
+            lambda y: self.cross_attention(y, cross_mask, encoded, deterministic=deterministic),
+            deterministic,
+        )
+        return self.feed_forward_residual(
+            x, lambda y: self.feed_forward(y, deterministic), deterministic
+        )
+
+    def cross_key_value(self, encoded: Array) -> tuple[Array, Array]:
+        """The encoder-decoder attention's keys and values, computed once per sentence."""
+        return self.cross_attention.project_key_value(encoded)
+
+    def step(
+        self,
+        x: Array,  # [batch, 1, embed]: the newest position only
+        cache: dict[str, Array],  # self_key/self_value [batch, max_len, heads, head_dim],
+        #                           cross_key/cross_value [batch', source_len, heads, head_dim]
+        index: Array,  # scalar int: the position being decoded
+        cross_mask: Array,  # [batch', 1, 1, source_length]
+    ) -> tuple[Array, dict[str, Array]]:
+        """One decoding step (no dropout). Returns (output [batch, 1, embed], updated cache)."""
+
+        def self_attend(y: Array) -> Array:
+            q, k, v = self.self_attention.project_qkv(y)
+            keys = jax.lax.dynamic_update_slice_in_dim(cache["self_key"], k, index, axis=1)
+            values = jax.lax.dynamic_update_slice_in_dim(cache["self_value"], v, index, axis=1)
+            new_entries["self_key"], new_entries["self_value"] = keys, values
+            visible = jnp.arange(keys.shape[1]) <= index  # causal: positions written so far
+            return self.self_attention.attend(q, keys, values, visible[None, None, None, :], True)
+
+        def cross_attend(y: Array) -> Array:
+            q = self.cross_attention.project_query(y)
+            return self.cross_attention.attend(
+                q, cache["cross_key"], cache["cross_value"], cross_mask, True
+            )
+
+        new_entries: dict[str, Array] = {}
+        x = self.self_attention_residual(x, self_attend, True)
+        x = self.cross_attention_residual(x, cross_attend, True)
+        x = self.feed_forward_residual(x, lambda y: self.feed_forward(y, True), True)
+        return x, {**cache, **new_entries}

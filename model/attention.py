@@ -39,9 +39,9 @@ def dot_product_attention(
         return jax.nn.dot_product_attention(query, key, value, mask=mask), None
 
     scale = query.shape[-1] ** -0.5
-    logits = jnp.einsum(
-        "bqnh,bknh->bnqk", query, key, preferred_element_type=jnp.float32
-    ) * scale  # [batch, heads, q_len, kv_len]
+    logits = (
+        jnp.einsum("bqnh,bknh->bnqk", query, key, preferred_element_type=jnp.float32) * scale
+    )  # [batch, heads, q_len, kv_len]
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1)
@@ -135,7 +135,12 @@ class MultiHeadAttention(nn.Module):
         dropout_rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
         want_weights = self.is_mutable_collection("intermediates")
         out, weights = dot_product_attention(
-            q, k, v, mask, dropout_rate=rate, dropout_rng=dropout_rng,
+            q,
+            k,
+            v,
+            mask,
+            dropout_rate=rate,
+            dropout_rng=dropout_rng,
             return_weights=want_weights,
         )
         if want_weights:

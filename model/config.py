@@ -47,7 +47,11 @@ class TransformerConfig:
             in ("float32", "bfloat16"),
             "d_model must be even (sinusoidal positions pair sin and cos)": self.d_model % 2 == 0,
             "vocab_size, d_model, num_heads, head_dim, d_ff and max_length must be positive": min(
-                self.vocab_size, self.d_model, self.num_heads, self.head_dim, self.d_ff,
+                self.vocab_size,
+                self.d_model,
+                self.num_heads,
+                self.head_dim,
+                self.d_ff,
                 self.max_length,
             )
             > 0,

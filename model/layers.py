@@ -115,7 +115,8 @@ class DecoderLayer(nn.Module):
         deterministic: bool,
     ) -> Array:
         x = self.self_attention_residual(
-            x, lambda y: self.self_attention(y, self_mask, deterministic=deterministic),
+            x,
+            lambda y: self.self_attention(y, self_mask, deterministic=deterministic),
             deterministic,
         )
         x = self.cross_attention_residual(

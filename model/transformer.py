@@ -126,14 +126,16 @@ class Decoder(nn.Module):
         for layer in self.layers:
             cross_key, cross_value = layer.cross_key_value(encoded)
             layers.append(
-                {"self_key": zeros, "self_value": zeros,
-                 "cross_key": cross_key, "cross_value": cross_value}
+                {
+                    "self_key": zeros,
+                    "self_value": zeros,
+                    "cross_key": cross_key,
+                    "cross_value": cross_value,
+                }
             )
         return {"index": jnp.zeros((), jnp.int32), "layers": layers}
 
-    def step(
-        self, token: Array, source_tokens: Array, cache: Cache
-    ) -> tuple[Array, Cache]:
+    def step(self, token: Array, source_tokens: Array, cache: Cache) -> tuple[Array, Cache]:
         """token [batch, 1]: the previous output (0 at the start) -> logits [batch, vocab]."""
         index = cache["index"]
         cross_mask = (source_tokens > 0)[:, None, None, :]  # [batch', 1, 1, source_length]
@@ -186,8 +188,13 @@ class Transformer(nn.Module):
         if targets_positions is None:
             targets_positions = masks.default_positions(targets)
         return self.decoder(
-            encoded, inputs, targets, targets_positions,
-            inputs_segment_ids, targets_segment_ids, deterministic,
+            encoded,
+            inputs,
+            targets,
+            targets_positions,
+            inputs_segment_ids,
+            targets_segment_ids,
+            deterministic,
         )
 
     def init_cache(self, encoded: Array, max_decode_length: int, batch_size: int) -> Cache:
@@ -211,6 +218,11 @@ class Transformer(nn.Module):
         """Full forward pass -> float32 logits [batch, target_length, vocab]."""
         encoded = self.encode(inputs, inputs_positions, inputs_segment_ids, deterministic)
         return self.decode(
-            encoded, inputs, targets, targets_positions,
-            inputs_segment_ids, targets_segment_ids, deterministic,
+            encoded,
+            inputs,
+            targets,
+            targets_positions,
+            inputs_segment_ids,
+            targets_segment_ids,
+            deterministic,
         )

@@ -11,5 +11,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-# The real Multi30k corpus, never copied into the repository (see ../shared/data/multi30k/SOURCE.md).
+# The real Multi30k corpus, never copied into the repository
+# (see ../shared/data/multi30k/SOURCE.md).
 MULTI30K_DIR = REPO_ROOT.parent / "shared" / "data" / "multi30k"

@@ -1,0 +1,58 @@
+"""The model calls every search makes: encode the source once, then run the decoder one
+cached step at a time. Also the special token ids the searches rely on."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from model import Cache, Transformer
+
+Array = jax.Array
+
+PAD_ID = 0  # padding; also the begin token fed to the decoder at the first step
+EOS_ID = 1  # end of sentence: a search stops a hypothesis when it emits this
+
+
+def check_decode_length(model: Transformer, max_decode_length: int) -> None:
+    """Positions past the model's maximum have no embedding (NaN): refuse them early."""
+    if not 1 <= max_decode_length <= model.config.max_length:
+        raise ValueError(
+            f"max_decode_length={max_decode_length} must be between 1 and the model's "
+            f"max_length={model.config.max_length}; lower the output length."
+        )
+
+
+def start(
+    model: Transformer, params, inputs: Array, rows_per_sentence: int, max_decode_length: int
+) -> Cache:
+    """Encodes `inputs` [batch, source_length] and returns an empty decoding cache for
+    batch × rows_per_sentence decoder rows (the encoder's keys/values are stored once per
+    sentence, the self-attention cache once per row)."""
+    variables = {"params": nn.unbox(params)}
+    encoded = model.apply(variables, inputs, method=Transformer.encode)
+    num_rows = inputs.shape[0] * rows_per_sentence
+    return model.apply(
+        variables, encoded, max_decode_length, num_rows, method=Transformer.init_cache
+    )
+
+
+def step(
+    model: Transformer, params, inputs: Array, cache: Cache, tokens: Array
+) -> tuple[Array, Cache]:
+    """One decoder step for every row: tokens [rows] (the previous outputs, PAD_ID at the
+    start) -> (log-probabilities [rows, vocab] float32, updated cache).
+
+    PAD_ID gets log-probability -inf: padding is never an output, so a zero in an output
+    sequence always means "after EOS".
+    """
+    logits, cache = model.apply(
+        {"params": nn.unbox(params)},
+        tokens[:, None],
+        inputs,
+        cache,
+        method=Transformer.decode_step,
+    )
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    return log_probs.at[:, PAD_ID].set(-jnp.inf), cache

@@ -1,0 +1,204 @@
+"""The public entry points of decoding: token ids -> token ids (jitted, greedy or beam), texts
+-> texts (tokenize, bucket, batch, decode, detokenize), and the encoder-decoder attention of
+one sentence. Used by training's BLEU evaluation and by translate.py."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from decoding.beam_search import beam_search
+from decoding.cached_model import EOS_ID, PAD_ID
+from decoding.greedy import greedy_search
+from model import Transformer
+
+Array = jax.Array
+
+SMALLEST_BUCKET = 8  # source lengths are padded to 8, 16, 32, ... (capped at the maximum)
+
+
+class Tokenizer(Protocol):
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, EOS appended."""
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of `ids`, stopping at EOS."""
+
+
+@functools.partial(jax.jit, static_argnames=("model", "beam_size", "max_decode_length"))
+def _translate_tokens(
+    model: Transformer,
+    params,
+    inputs: Array,
+    max_lengths: Array,
+    alpha: Array,
+    *,
+    beam_size: int,
+    max_decode_length: int,
+) -> Array:
+    if beam_size == 1:
+        return greedy_search(model, params, inputs, max_decode_length, max_lengths)
+    result = beam_search(
+        model,
+        params,
+        inputs,
+        beam_size=beam_size,
+        alpha=alpha,
+        max_decode_length=max_decode_length,
+        max_lengths=max_lengths,
+    )
+    return result.sequences[:, 0, :]  # the best hypothesis of each sentence
+
+
+def translate_tokens(
+    model: Transformer,
+    params,
+    inputs: Array | np.ndarray,
+    *,
+    beam_size: int,
+    alpha: float,
+    max_decode_length: int,
+    max_lengths: Array | np.ndarray | None = None,
+) -> Array:
+    """inputs [batch, source_length] int32 (0 = padding) -> the best output of each sentence,
+    [batch, max_decode_length] int32 with EOS kept and zeros after it.
+
+    beam_size 1 is greedy search (alpha unused); more is beam search with the GNMT length
+    penalty alpha. max_lengths [batch] optionally caps each row's output length. Compiled once
+    per (model, beam_size, max_decode_length, input shape); params may be sharded over a mesh.
+    """
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be at least 1, got {beam_size}.")
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0 (the length penalty's exponent), got {alpha}.")
+    inputs = jnp.asarray(inputs, jnp.int32)
+    if max_lengths is None:
+        max_lengths = np.full((inputs.shape[0],), max_decode_length, np.int32)
+    return _translate_tokens(
+        model,
+        params,
+        inputs,
+        jnp.asarray(max_lengths, jnp.int32),
+        jnp.float32(alpha),
+        beam_size=beam_size,
+        max_decode_length=max_decode_length,
+    )
+
+
+def encode_texts(
+    tokenizer: Tokenizer, texts: Sequence[str], max_input_length: int
+) -> tuple[list[list[int]], int]:
+    """Token ids of every text (blank text -> []), each at most `max_input_length` long (a
+    longer one keeps its first tokens and its final EOS). Returns (ids, number truncated)."""
+    all_ids, num_truncated = [], 0
+    for text in texts:
+        ids = tokenizer.encode(text) if text.strip() else []
+        if len(ids) > max_input_length:
+            ids = ids[: max_input_length - 1] + [ids[-1]]
+            num_truncated += 1
+        all_ids.append(ids)
+    return all_ids, num_truncated
+
+
+def bucket_length(length: int, max_length: int) -> int:
+    """The padded source length: the next power of two >= length (at least SMALLEST_BUCKET),
+    capped at max_length. Few distinct lengths -> few compilations."""
+    bucket = SMALLEST_BUCKET
+    while bucket < length:
+        bucket *= 2
+    return min(bucket, max_length)
+
+
+def output_ids(row: np.ndarray) -> list[int]:
+    """An output row [max_decode_length] -> its tokens before EOS (padding dropped)."""
+    ids = row.tolist()
+    if EOS_ID in ids:
+        ids = ids[: ids.index(EOS_ID)]
+    return [i for i in ids if i != PAD_ID]
+
+
+def translate_texts(
+    model: Transformer,
+    params,
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    *,
+    beam_size: int,
+    alpha: float,
+    max_extra_length: int,
+    batch_size: int,
+    max_input_length: int,
+) -> list[str]:
+    """Translates `texts` in order; a blank text gives "".
+
+    Inputs longer than max_input_length tokens are truncated (a warning says how many). Each
+    output is at most min(input length + max_extra_length, model max_length) tokens. Sentences
+    are sorted by length and batched; batches are padded to `batch_size` rows and to a
+    power-of-two source length, so decoding compiles once per length bucket.
+    """
+    model_max = model.config.max_length
+    if not 2 <= max_input_length <= model_max:
+        raise ValueError(
+            f"max_input_length={max_input_length} must be between 2 and the model's "
+            f"max_length={model_max}."
+        )
+    if batch_size < 1 or max_extra_length < 0:
+        raise ValueError(
+            f"batch_size must be >= 1 and max_extra_length >= 0, got {batch_size} and "
+            f"{max_extra_length}."
+        )
+    all_ids, num_truncated = encode_texts(tokenizer, texts, max_input_length)
+    if num_truncated:
+        logging.warning(
+            "%d of %d inputs were longer than %d tokens and were truncated.",
+            num_truncated,
+            len(texts),
+            max_input_length,
+        )
+
+    translations = [""] * len(texts)
+    order = sorted((i for i, ids in enumerate(all_ids) if ids), key=lambda i: len(all_ids[i]))
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        source_length = bucket_length(max(len(all_ids[i]) for i in batch), max_input_length)
+        inputs = np.zeros((batch_size, source_length), np.int32)  # padding rows stay empty
+        max_lengths = np.zeros((batch_size,), np.int32)  # and decode nothing
+        for row, i in enumerate(batch):
+            inputs[row, : len(all_ids[i])] = all_ids[i]
+            max_lengths[row] = min(len(all_ids[i]) + max_extra_length, model_max)
+        outputs = translate_tokens(
+            model,
+            params,
+            inputs,
+            beam_size=beam_size,
+            alpha=alpha,
+            max_decode_length=min(source_length + max_extra_length, model_max),
+            max_lengths=max_lengths,
+        )
+        outputs = np.asarray(jax.device_get(outputs))
+        for row, i in enumerate(batch):
+            translations[i] = tokenizer.decode(output_ids(outputs[row]))
+    return translations
+
+
+def cross_attention_weights(
+    model: Transformer, params, input_ids: Sequence[int], output_ids: Sequence[int]
+) -> np.ndarray:
+    """The encoder-decoder attention of one sentence pair, teacher-forced:
+    -> [decoder layers, heads, len(output_ids), len(input_ids)] float32 (rows sum to 1)."""
+    inputs = jnp.asarray([list(input_ids)], jnp.int32)
+    targets = jnp.asarray([list(output_ids)], jnp.int32)
+    _, state = model.apply({"params": nn.unbox(params)}, inputs, targets, mutable=["intermediates"])
+    decoder = state["intermediates"]["decoder"]
+    per_layer = [
+        decoder[f"layer_{i}"]["cross_attention"]["attention_weights"][0][0]  # [heads, tgt, src]
+        for i in range(model.config.num_decoder_layers)
+    ]
+    return np.asarray(jnp.stack(per_layer), np.float32)

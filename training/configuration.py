@@ -1,0 +1,85 @@
+"""Checks a run's config before anything expensive starts, and derives the model's config.
+
+Every config file starts from `configs/base.py`, which declares (and comments) every field,
+so a key that base.py does not have is a typo or a leftover: it is an error, not a silent
+no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+
+from configs import base
+from model import TransformerConfig
+from training.errors import ConfigError
+from training.state import SCHEDULES
+
+
+def unknown_keys(
+    config: Mapping[str, Any], reference: Mapping[str, Any], prefix: str = ""
+) -> list[str]:
+    """Dotted names of keys in `config` that `reference` does not have (recursively)."""
+    found = []
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if key not in reference:
+            found.append(name)
+        elif isinstance(value, Mapping) and isinstance(reference[key], Mapping):
+            found += unknown_keys(value, reference[key], prefix=f"{name}.")
+    return found
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first problem: unknown keys, then bad values."""
+    unknown = unknown_keys(config, base.get_config())
+    if unknown:
+        raise ConfigError(
+            f"Unknown config key(s) {unknown}: every field must be declared (with a comment) in "
+            "configs/base.py. Check the spelling in your config file or --config.* flags."
+        )
+    problems = {
+        "batch_size must be positive": config.batch_size > 0,
+        "num_train_steps must be positive": config.num_train_steps > 0,
+        "grad_accum_steps must be at least 1": config.grad_accum_steps >= 1,
+        f"schedule must be one of {SCHEDULES}": config.schedule in SCHEDULES,
+        "warmup_steps must be >= 0": config.warmup_steps >= 0,
+        "learning_rate must be positive": config.learning_rate > 0,
+        "label_smoothing must be in [0, 1)": 0 <= config.label_smoothing < 1,
+        "grad_clip_norm must be >= 0 (0 = off)": config.grad_clip_norm >= 0,
+        "weight_decay must be >= 0": config.weight_decay >= 0,
+        "log_every_steps must be positive": config.log_every_steps > 0,
+        "checkpoint_every_steps must be positive": config.checkpoint_every_steps > 0,
+        "eval_every_steps must be >= 0 (0 = only at the end)": config.eval_every_steps >= 0,
+        "keep_checkpoints must be positive": config.keep_checkpoints > 0,
+        "eval_batch_size must be positive": config.eval_batch_size > 0,
+        "model.dtype must be 'auto', 'float32' or 'bfloat16'": config.model.dtype
+        in ("auto", "float32", "bfloat16"),
+    }
+    for message, ok in problems.items():
+        if not ok:
+            raise ConfigError(f"Bad config: {message}.")
+
+
+def compute_dtype(requested: str, platform: str | None = None) -> str:
+    """'auto' -> bfloat16 on GPU/TPU, float32 on CPU; explicit dtypes pass through."""
+    if requested != "auto":
+        return requested
+    platform = platform or jax.default_backend()
+    return "float32" if platform == "cpu" else "bfloat16"
+
+
+def model_config(
+    config: ml_collections.ConfigDict, platform: str | None = None
+) -> TransformerConfig:
+    """config.model as a TransformerConfig (unknown model keys are rejected there), with the
+    compute dtype resolved for the platform."""
+    fields = dict(config.model)
+    fields["dtype"] = compute_dtype(fields["dtype"], platform)
+    try:
+        return TransformerConfig.from_mapping(fields)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None

@@ -1,0 +1,86 @@
+"""Evaluation during training: validation loss/accuracy, and BLEU of decoded translations.
+
+Loss and accuracy are teacher-forced over padded validation batches (all hosts take part,
+each with its slice of every batch). BLEU decodes the first `num_bleu_examples` validation
+sentences with `decoding.translate_texts` (beam size and length penalty from config.decode)
+and scores them against the references with sacreBLEU's corpus BLEU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import sacrebleu
+from jax.sharding import Mesh
+
+from decoding import translate_texts
+from model import Transformer
+from training import partitioning
+from training.loss import summarize
+from training.steps import EvalStep
+
+
+def evaluate_loss(
+    eval_step: EvalStep,
+    params: Any,
+    local_batches: Sequence[dict[str, np.ndarray]],
+    mesh: Mesh,
+    global_rows: int,
+) -> dict[str, float]:
+    """Token-weighted loss, nll, perplexity and accuracy over all `local_batches` (this host's
+    rows of each global batch of `global_rows` rows)."""
+    total = None
+    for local in local_batches:
+        sums = eval_step(params, partitioning.global_batch(local, mesh, global_rows))
+        total = sums if total is None else {k: total[k] + sums[k] for k in total}
+    if total is None:
+        raise ValueError("The validation split gave no batches; check data.eval_split.")
+    return summarize(jax.device_get(total))
+
+
+def translate(
+    model: Transformer,
+    params: Any,
+    tokenizer: Any,
+    sources: Sequence[str],
+    decode_config: Any,
+    max_input_length: int,
+) -> list[str]:
+    """Translations of `sources` with the beam size, length penalty, length margin and batch
+    size of `decode_config` (config.decode)."""
+    return translate_texts(
+        model,
+        params,
+        tokenizer,
+        list(sources),
+        beam_size=decode_config.beam_size,
+        alpha=decode_config.alpha,
+        max_extra_length=decode_config.max_extra_length,
+        batch_size=decode_config.batch_size,
+        max_input_length=max_input_length,
+    )
+
+
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """sacreBLEU corpus BLEU (default 13a tokenization) of detokenized text."""
+    return sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score
+
+
+def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Fraction of hypotheses equal to their reference after stripping outer whitespace."""
+    pairs = list(zip(hypotheses, references, strict=True))
+    return sum(h.strip() == r.strip() for h, r in pairs) / max(len(pairs), 1)
+
+
+def sample_lines(
+    pairs: Sequence[tuple[str, str]], hypotheses: Sequence[str], count: int
+) -> list[str]:
+    """'source => hypothesis (reference: ...)' for the first `count` examples."""
+    lines = []
+    for (source, reference), hypothesis in list(zip(pairs, hypotheses, strict=False))[:count]:
+        mark = "ok" if hypothesis.strip() == reference.strip() else "reference: " + reference
+        lines.append(f"{source}  =>  {hypothesis}  [{mark}]")
+    return lines

@@ -17,12 +17,11 @@ def get_config() -> ml_collections.ConfigDict:
     data.tfds_name = "wmt14_translate/de-en"  # TFDS dataset name, for source='tfds'
     data.tfds_data_dir = ""  # where TFDS datasets are built ('' = TFDS's default)
     data.dir = ""  # folder of SPLIT.LANG[.gz] files, for source='text_files'
-    data.source_lang = "en"  # translate from this language...
+    data.source_lang = "en"  # translate from this language (numbers: a num2words code)...
     data.target_lang = "de"  # ...into this one (named explicitly: TFDS keys run de->en)
     data.train_split = "train"  # split names; for text_files, the file stem (train.en.gz)
     data.eval_split = "validation"  # development split: loss, BLEU during training
     data.test_split = "test"  # held-out split for final scores
-    data.numbers_language = "de"  # numbers corpus: num2words language of the targets
     data.numbers_train_size = 100_000  # numbers corpus: training examples
     data.numbers_eval_size = 1_000  # numbers corpus: validation examples
     data.numbers_test_size = 1_000  # numbers corpus: test examples
@@ -32,13 +31,13 @@ def get_config() -> ml_collections.ConfigDict:
     data.vocab_size = 37000  # joint sentencepiece vocabulary (paper: 37000 shared BPE)
     data.vocab_model_type = "bpe"  # sentencepiece model type: 'bpe' or 'unigram'
     data.vocab_sample_size = 1_000_000  # sentences sampled to train the tokenizer
+    data.vocab_character_coverage = 0.9995  # characters covered by pieces; the rarest -> unk
     data.max_length = 256  # tokens per packed row; longer examples are dropped
     data.max_eval_length = 256  # evaluation: longer examples are truncated
     data.max_predict_length = 256  # prediction: longest source fed to the decoder
     data.pack = True  # pack several examples per training row
-    data.shuffle_buffer_size = 0  # 0 = a global shuffle of the whole corpus per epoch
-    data.worker_count = 0  # grain worker processes (0 = in the main process)
-    data.prefetch_batches = 2  # batches prepared ahead in a background thread
+    data.read_threads = 1  # threads reading+tokenizing examples ahead of packing (0 = inline)
+    data.prefetch_batches = 2  # batches prepared ahead in a background thread (0 = none)
 
     # ---------------------------------------------------------------- model
     model = config.model = ml_collections.ConfigDict()

@@ -31,11 +31,9 @@ def start(
     batch × rows_per_sentence decoder rows (the encoder's keys/values are stored once per
     sentence, the self-attention cache once per row)."""
     variables = {"params": nn.unbox(params)}
-    encoded = model.apply(variables, inputs, method=Transformer.encode)
+    encoded = model.apply(variables, inputs, method="encode")
     num_rows = inputs.shape[0] * rows_per_sentence
-    return model.apply(
-        variables, encoded, max_decode_length, num_rows, method=Transformer.init_cache
-    )
+    return model.apply(variables, encoded, max_decode_length, num_rows, method="init_cache")
 
 
 def step(
@@ -52,7 +50,7 @@ def step(
         tokens[:, None],
         inputs,
         cache,
-        method=Transformer.decode_step,
+        method="decode_step",
     )
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     return log_probs.at[:, PAD_ID].set(-jnp.inf), cache

@@ -21,7 +21,7 @@ def uncached_greedy_search(
     inputs [batch, source_length] -> tokens [batch, max_decode_length]."""
     variables = {"params": nn.unbox(params)}
     batch = inputs.shape[0]
-    encoded = model.apply(variables, inputs, method=Transformer.encode)
+    encoded = model.apply(variables, inputs, method="encode")
     positions = jnp.arange(max_decode_length)
 
     def not_done(state) -> Array:
@@ -33,7 +33,7 @@ def uncached_greedy_search(
         # Position i must be a real (non-zero) target for its query to be valid; what stands
         # there is never seen by position i itself (the decoder is causal).
         targets = jnp.where(positions < position, tokens, EOS_ID)
-        logits = model.apply(variables, encoded, inputs, targets, method=Transformer.decode)
+        logits = model.apply(variables, encoded, inputs, targets, method="decode")
         logits = logits[:, position, :].at[:, PAD_ID].set(-jnp.inf)  # [batch, vocab]
         next_tokens = jnp.where(finished, PAD_ID, jnp.argmax(logits, -1).astype(jnp.int32))
         tokens = tokens.at[:, position].set(next_tokens)

@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 import tensorflow_datasets as tfds
+from absl import logging
 
 from data import numbers, text_files
 from data.errors import DataError
@@ -60,6 +61,7 @@ def _prepare_generated(data_config) -> Path:
     builder_cls, builder_config, final_dir = _builder_and_dir(data_config)
     if (final_dir / "dataset_info.json").is_file():
         return final_dir
+    logging.info("Preparing the %s corpus into %s", data_config.source, final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".prepare-", dir=final_dir.parent))
     try:

@@ -3,6 +3,7 @@ packing efficiency on the real Multi30k corpus."""
 
 import gzip
 import os
+import shutil
 import subprocess
 import sys
 
@@ -49,12 +50,9 @@ def corpus(tmp_path):
 
 
 def nothing_prepared(config) -> bool:
-    prepared = config.data.prepared_dir
-    return not os.path.exists(prepared) or not any(
-        name in ("dataset_info.json",) or name.startswith(".prepare-")
-        for _, dirs, files in os.walk(prepared)
-        for name in dirs + files
-    )
+    """No prepared dataset and no leftover scratch folder under data.prepared_dir."""
+    names = [name for _, dirs, files in os.walk(config.data.prepared_dir) for name in dirs + files]
+    return not any(n == "dataset_info.json" or n.startswith(".prepare-") for n in names)
 
 
 def test_text_files_in_file_order_empty_pairs_dropped_and_counted(tmp_path, corpus):
@@ -134,6 +132,25 @@ def test_cli_prints_bad_input_as_one_line(tmp_path, corpus):
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: misaligned files: ")
+
+
+def test_losing_a_prepare_race_keeps_the_winners_copy(tmp_path, corpus, monkeypatch):
+    """Processes that prepare at once each build privately; whoever renames last finds the
+    dataset already in place and discards its own copy."""
+    config = text_config(tmp_path, corpus)
+    real_rename = os.rename
+
+    def rival_finishes_first(built, final):
+        if ".prepare-" not in str(final):  # the last step (TFDS renames inside the scratch too)
+            shutil.copytree(built, final)  # another process renamed its copy into place meanwhile
+        real_rename(built, final)  # so this fails: the folder exists and is not empty
+
+    monkeypatch.setattr(sources.os, "rename", rival_finishes_first)
+    ip.prepare(config.data)
+    monkeypatch.undo()
+    [dataset_dir] = (tmp_path / "prepared" / "text_files_translation").iterdir()
+    assert [p.name for p in dataset_dir.iterdir()] == ["1.0.0"]  # no scratch folder left
+    assert len(ip.raw_examples(config.data, "train")) == 4
 
 
 def test_tfds_source_reads_a_prebuilt_dataset_in_the_named_direction(tmp_path):

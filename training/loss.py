@@ -30,16 +30,25 @@ def loss_sums(
     vocab - 1 tokens. The loss is the cross entropy against that distribution.
     """
     vocab = logits.shape[-1]
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    target_log_probs = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-    nll = -target_log_probs  # [batch, length]
+    logits = logits.astype(jnp.float32)
     off_target = label_smoothing / (vocab - 1)
-    # -sum_k q(k) log p(k) = -(1 - ls) log p(target) - ls/(V-1) * sum_{k != target} log p(k)
-    smoothed = (1.0 - label_smoothing) * nll - off_target * (
-        jnp.sum(log_probs, axis=-1) - target_log_probs
+    # With log p = z - logsumexp(z) and the weights summing to 1, the smoothed cross entropy
+    # -(1 - ls) log p(target) - ls/(V-1) * sum_{k != target} log p(k) equals
+    # logsumexp(z) - (1 - ls - ls/(V-1)) z_target - ls/(V-1) * sum_k z_k. Written so, no
+    # [batch, length, vocab] log-probabilities are materialized and the gradient is one fused
+    # softmax(z) - weights pass (about 10% of a CPU train step of the base model).
+    log_normalizer = jax.nn.logsumexp(logits, axis=-1)  # [batch, length]
+    target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    nll = log_normalizer - target_logits  # [batch, length]
+    smoothed = (
+        log_normalizer
+        - (1.0 - label_smoothing - off_target) * target_logits
+        - off_target * jnp.sum(logits, axis=-1)
     )
     weights = (targets > 0).astype(jnp.float32)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    # The target is the argmax iff its logit is the largest (ties, measure zero, count as
+    # correct); a max is much cheaper than an argmax over the vocabulary on CPU.
+    correct = (target_logits >= jnp.max(logits, axis=-1)).astype(jnp.float32)
     return {
         "loss_sum": jnp.sum(smoothed * weights),
         "nll_sum": jnp.sum(nll * weights),

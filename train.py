@@ -35,6 +35,11 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "Multi-host: this process's index in [0, num_processes)."
 )
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "initialization_timeout",
+    300,
+    "Multi-host: seconds to wait for every process to join before giving up with an error.",
+)
 _LIBRARY_LOGS = flags.DEFINE_bool(
     "library_logs", False, "Also show the INFO messages of libraries (orbax, TFDS, JAX)."
 )
@@ -58,12 +63,13 @@ def initialize_distributed() -> None:
             coordinator_address=_COORDINATOR.value,
             num_processes=_NUM_PROCESSES.value,
             process_id=_PROCESS_ID.value,
+            initialization_timeout=_INIT_TIMEOUT.value,
         )
         return
     # TPU VMs, SLURM, Open MPI, ...: JAX reads the cluster's environment. A ValueError means
     # no cluster was found: a single process.
     with contextlib.suppress(ValueError):
-        jax.distributed.initialize()
+        jax.distributed.initialize(initialization_timeout=_INIT_TIMEOUT.value)
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
@@ -93,7 +99,6 @@ def main(argv: Sequence[str]) -> None:
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ConfigError, DataError, TrainingDivergedError) as error:
-        logging.error("%s", error)
         sys.exit(f"train.py: error: {error}")
 
 

@@ -19,6 +19,10 @@ from training.errors import ConfigError
 from training.state import SCHEDULES
 
 
+def _is_section(value: Any) -> bool:
+    return isinstance(value, Mapping | ml_collections.ConfigDict)
+
+
 def unknown_keys(
     config: Mapping[str, Any], reference: Mapping[str, Any], prefix: str = ""
 ) -> list[str]:
@@ -28,7 +32,7 @@ def unknown_keys(
         name = f"{prefix}{key}"
         if key not in reference:
             found.append(name)
-        elif isinstance(value, Mapping) and isinstance(reference[key], Mapping):
+        elif _is_section(value) and _is_section(reference[key]):
             found += unknown_keys(value, reference[key], prefix=f"{name}.")
     return found
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -88,6 +89,12 @@ class MetricsWindow:
     def take(self) -> dict[str, float]:
         sums, self.sums = self.sums, {}
         return sums
+
+
+@jax.jit
+def all_finite(tree: Any) -> jax.Array:
+    """True if no leaf of `tree` holds a NaN or an infinity."""
+    return jnp.all(jnp.asarray([jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)]))
 
 
 def train_scalars(sums: dict[str, float], learning_rate: float) -> dict[str, float]:
@@ -279,6 +286,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         bad_step = window.drain()
         if bad_step is not None:
             diverged(bad_step)
+        if not bool(all_finite(state.params)):  # e.g. an update overflowed after a finite loss
+            diverged(step)
         checkpointing.save(manager, state, train_batches.get_state(), config, tokenizer_bytes)
 
     def diverged(bad_step: int) -> None:

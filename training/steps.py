@@ -81,7 +81,7 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         sums = {
             **sums,
-            "grad_norm_sum": optax.global_norm(grads),
+            "grad_norm_sum": optax.tree.norm(grads),
             "steps": jnp.ones((), jnp.float32),
         }
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), sums

@@ -2,6 +2,8 @@
 jax.distributed, against 1 process with 4 devices: the same losses, evaluation and checkpoint.
 The processes always end: a failing one does not leave the other waiting forever."""
 
+import signal
+
 import numpy as np
 
 from tests.train_runner import (  # noqa: F401
@@ -12,6 +14,7 @@ from tests.train_runner import (  # noqa: F401
     metrics,
     prepared_dir,
     train_losses,
+    wait_for,
 )
 
 OVERRIDES = {
@@ -79,3 +82,34 @@ def test_a_process_whose_peer_fails_ends_by_itself(tmp_path, prepared_dir):  # n
         assert finish(failing, timeout=120)[0] != 0
         code, _, stderr = finish(waiting, timeout=120)
     assert code != 0, "process 0 claims success without its peer"
+
+
+def test_sigterm_to_one_process_makes_both_save_the_same_step_and_exit_0(tmp_path, prepared_dir):  # noqa: F811
+    """JAX's preemption service tells every process the step at which to save, whichever one
+    received the signal."""
+    port = free_port()
+    long_run = {**OVERRIDES, "num_train_steps": 5000, "num_bleu_examples": 0}
+    with TrainProcesses() as processes:
+        pair = [
+            processes.start(
+                tmp_path,
+                prepared_dir,
+                long_run,
+                devices=2,
+                extra_args=[
+                    f"--coordinator_address=127.0.0.1:{port}",
+                    "--num_processes=2",
+                    f"--process_id={i}",
+                ],
+            )
+            for i in range(2)
+        ]
+        wait_for(lambda: len(metrics(tmp_path)) > 10, pair[0], "10 logged steps")
+        pair[1].send_signal(signal.SIGTERM)
+        results = [finish(p, timeout=120) for p in pair]
+    for code, _, stderr in results:
+        assert code == 0, stderr[-3000:]
+        assert "SIGTERM: saved the checkpoint of step" in stderr
+    saved = checkpoint_steps(tmp_path)
+    assert len(saved) == 1 and 10 < saved[0] < 5000
+    assert metrics(tmp_path)[-1]["step"] == saved[0]

@@ -13,10 +13,9 @@ from typing import Any
 
 import jax
 import numpy as np
-import sacrebleu
 from jax.sharding import Mesh
 
-from decoding import translate_texts
+from decoding import scoring, translate_texts
 from model import Transformer
 from training import partitioning
 from training.loss import summarize
@@ -65,8 +64,9 @@ def translate(
 
 
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """sacreBLEU corpus BLEU (default 13a tokenization) of detokenized text."""
-    return sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score
+    """sacreBLEU corpus BLEU (cased, 13a tokenization) of detokenized text, as translate.py
+    scores it (decoding/scoring.py)."""
+    return scoring.bleu(hypotheses, references).score
 
 
 def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:

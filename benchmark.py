@@ -10,6 +10,7 @@ Batches are synthetic packed rows (--fill_rate of each row carries tokens) or, w
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import jax
@@ -43,12 +44,6 @@ _DECODE_BATCH = flags.DEFINE_integer(
     "decode_batch_size", 0, "Sentences per decoding batch (0 = config.decode.batch_size)."
 )
 _DECODE_REPEATS = flags.DEFINE_integer("decode_repeats", 3, "Timed decoding runs (median).")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed",
-    False,
-    "Call jax.distributed.initialize() first (multi-host TPU slices, SLURM/MPI GPU clusters: "
-    "the cluster is detected from the environment). Start one process per host.",
-)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -56,7 +51,9 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None:
         raise app.UsageError("--config is required, e.g. --config=configs/base.py")
-    if _DISTRIBUTED.value:
+    # Several hosts (TPU pod slices, SLURM or Open MPI clusters; one process per host): JAX
+    # finds the cluster in the environment, as in train.py. ValueError: a single process.
+    with contextlib.suppress(ValueError):
         jax.distributed.initialize()
     options = Options(
         steps=_STEPS.value,

@@ -60,6 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.dtype = "float32"  # compute dtype; 'bfloat16' on TPU/GPU
     model.param_dtype = "float32"  # parameter storage dtype
     model.remat = False  # recompute layer activations in backward (saves memory)
+    model.attention_implementation = "xla"  # 'cudnn': fused attention on NVIDIA GPUs (bf16)
 
     # ---------------------------------------------------------------- training
     config.seed = 0  # parameter init, dropout and data order

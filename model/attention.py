@@ -25,18 +25,23 @@ def dot_product_attention(
     dropout_rate: float = 0.0,
     dropout_rng: Array | None = None,
     return_weights: bool = False,
+    implementation: str = "xla",
 ) -> tuple[Array, Array | None]:
     """Returns (attention output [batch, q_len, heads, head_dim], weights or None).
 
-    Uses `jax.nn.dot_product_attention` (fused kernels on GPU) unless the caller needs what it
-    cannot give: dropout on the attention weights, or the weights themselves.
+    Uses `jax.nn.dot_product_attention` with `implementation` ('xla', or 'cudnn' for the fused
+    kernel on NVIDIA GPUs) unless the caller needs what it cannot give: dropout on the
+    attention weights, or the weights themselves.
     """
     if not return_weights and (dropout_rate == 0.0 or dropout_rng is None):
         if mask is not None:
             mask = jnp.broadcast_to(
                 mask, (query.shape[0], mask.shape[1], query.shape[1], key.shape[1])
             )
-        return jax.nn.dot_product_attention(query, key, value, mask=mask), None
+        output = jax.nn.dot_product_attention(
+            query, key, value, mask=mask, implementation=implementation
+        )
+        return output, None
 
     scale = query.shape[-1] ** -0.5
     logits = (
@@ -134,6 +139,8 @@ class MultiHeadAttention(nn.Module):
         rate = self.config.attention_dropout_rate
         dropout_rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
         want_weights = self.is_mutable_collection("intermediates")
+        # Cached decoding steps (one query position) gain nothing from a fused kernel.
+        implementation = self.config.attention_implementation if q_len > 1 else "xla"
         out, weights = dot_product_attention(
             q,
             k,
@@ -142,6 +149,7 @@ class MultiHeadAttention(nn.Module):
             dropout_rate=rate,
             dropout_rng=dropout_rng,
             return_weights=want_weights,
+            implementation=implementation,
         )
         if want_weights:
             self.sow("intermediates", "attention_weights", weights)

@@ -36,6 +36,9 @@ class TransformerConfig:
     dtype: str = "float32"  # compute dtype of activations: 'float32' or 'bfloat16'
     param_dtype: str = "float32"  # storage dtype of parameters
     remat: bool = False  # recompute each layer's activations in the backward pass
+    # jax.nn.dot_product_attention backend: 'xla' (any device) or 'cudnn' (fused flash
+    # attention on NVIDIA GPUs; needs dtype='bfloat16', no attention dropout)
+    attention_implementation: str = "xla"
 
     def __post_init__(self) -> None:
         checks = {
@@ -43,6 +46,8 @@ class TransformerConfig:
             in ("sinusoidal", "learned"),
             "norm_position must be 'post' or 'pre'": self.norm_position in ("post", "pre"),
             "dtype must be 'float32' or 'bfloat16'": self.dtype in ("float32", "bfloat16"),
+            "attention_implementation must be 'xla' or 'cudnn'": self.attention_implementation
+            in ("xla", "cudnn"),
             "param_dtype must be 'float32' or 'bfloat16'": self.param_dtype
             in ("float32", "bfloat16"),
             "d_model must be even (sinusoidal positions pair sin and cos)": self.d_model % 2 == 0,

@@ -290,3 +290,8 @@ def test_unknown_model_key_is_a_clear_error():
         TransformerConfig.from_mapping({"d_modle": 512})
     with pytest.raises(ValueError, match="norm_position"):
         TransformerConfig(norm_position="middle")
+
+
+def test_attention_implementation_is_checked():
+    with pytest.raises(ValueError, match="attention_implementation must be 'xla' or 'cudnn'"):
+        TransformerConfig(attention_implementation="flash")

@@ -20,10 +20,16 @@ import contextlib
 import io
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
+from tqdm import tqdm
+
+from decoding import attention_plot, line_translation, scoring, translate_texts
+from training import averaging, partitioning, restoring
+from training.errors import ConfigError
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Training run directory: its newest checkpoint is used."
@@ -103,6 +109,7 @@ CHUNK_BATCHES = 32  # lines read (and sorted by length) at a time: this many bat
 
 
 def fail(message: str) -> None:
+    """Ends the program with a one-line error."""
     sys.exit(f"translate.py: error: {message}")
 
 
@@ -123,30 +130,172 @@ def check_flags() -> None:
         raise app.UsageError("--tokenized_lowercase needs --reference=FILE.")
 
 
-def make_mesh():
-    """None (first device) or a mesh over the local devices from --mesh_shape."""
-    if not _MESH_SHAPE.value:
-        return None
-    from training import partitioning
+def restore() -> restoring.Restored:
+    """The model from --workdir/--checkpoint, averaged if asked, on one device or the mesh."""
+    mesh = None
+    if _MESH_SHAPE.value:
+        try:
+            shape = [int(size) for size in _MESH_SHAPE.value]
+        except ValueError:
+            raise app.UsageError(f"--mesh_shape takes integers, got {_MESH_SHAPE.value}.") from None
+        mesh = partitioning.make_mesh(shape, jax.local_devices())
+    restored = restoring.restore_for_translation(
+        _WORKDIR.value or _CHECKPOINT.value,
+        average_last=_AVERAGE_LAST.value,
+        config=_CONFIG.value,
+        tokenizer_file=_TOKENIZER.value,
+        mesh=mesh,
+    )
+    steps = restored.steps
+    which = f"step {steps[-1]}" if len(steps) == 1 else f"the mean of steps {steps}"
+    print(f"Restored {which} from {restored.checkpoints_dir}.", file=sys.stderr)
+    if _SAVE_AVERAGE.value:
+        saved = averaging.save_average(
+            _SAVE_AVERAGE.value,
+            steps[-1],
+            restored.params,
+            restored.config,
+            restored.tokenizer.to_bytes(),
+            steps,
+            source=restored.checkpoints_dir,
+        )
+        print(f"Saved the averaged checkpoint to {saved}.", file=sys.stderr)
+    return restored
 
-    try:
-        shape = [int(size) for size in _MESH_SHAPE.value]
-    except ValueError:
-        raise app.UsageError(f"--mesh_shape must be integers, got {_MESH_SHAPE.value}.") from None
-    return partitioning.make_mesh(shape, jax.local_devices())
+
+def decode_settings(restored: restoring.Restored) -> dict[str, Any]:
+    """translate_texts' keyword arguments: the flags, else the checkpoint's config.decode."""
+    decode, data = restored.config.decode, restored.config.data
+
+    def flag_or(flag: flags.FlagHolder, default: Any) -> Any:
+        return default if flag.value is None else flag.value
+
+    return {
+        "beam_size": flag_or(_BEAM_SIZE, decode.beam_size),
+        "alpha": flag_or(_ALPHA, decode.alpha),
+        "max_extra_length": flag_or(_MAX_EXTRA_LENGTH, decode.max_extra_length),
+        "batch_size": flag_or(_BATCH_SIZE, decode.batch_size),
+        "max_input_length": min(data.max_predict_length, restored.model.config.max_length),
+    }
+
+
+def read_reference(input_lines: int | None) -> list[str] | None:
+    """The --reference lines, checked against the input's line count when known."""
+    if _REFERENCE.value is None:
+        return None
+    with open(_REFERENCE.value, "rb") as file:
+        references = line_translation.read_lines(file, _REFERENCE.value)
+    if input_lines is not None and len(references) != input_lines:
+        fail(
+            f"The reference {_REFERENCE.value} has {len(references)} lines but the input has "
+            f"{input_lines}: give one reference line per input line."
+        )
+    return references
 
 
 @contextlib.contextmanager
-def open_streams(input_path: str | None, output_path: str | None):
-    """(binary input, UTF-8 text output), files or stdin/stdout."""
+def open_streams():
+    """(binary input, UTF-8 text output): --input/--output files, or stdin/stdout."""
     with contextlib.ExitStack() as stack:
-        source = stack.enter_context(open(input_path, "rb")) if input_path else sys.stdin.buffer
-        if output_path:
-            sink = stack.enter_context(open(output_path, "w", encoding="utf-8", newline="\n"))
+        stdin = sys.stdin.buffer
+        source = stack.enter_context(open(_INPUT.value, "rb")) if _INPUT.value else stdin
+        if _OUTPUT.value:
+            sink = stack.enter_context(open(_OUTPUT.value, "w", encoding="utf-8", newline="\n"))
         else:
             sink = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="\n")
-            stack.callback(sink.detach)
+            stack.callback(sink.detach)  # leave sys.stdout open
         yield source, sink
+
+
+def translate_input(
+    restored: restoring.Restored, settings: dict[str, Any], total_lines: int | None
+) -> tuple[line_translation.TranslationStats, list[str], list[str]]:
+    """Translates the input to the output chunk by chunk. Returns (statistics, every output
+    line if a reference or plot needs them else [], the input if the plot needs it else [])."""
+    interactive = _INPUT.value is None and sys.stdin.isatty()
+    chunk_lines = 1 if interactive else CHUNK_BATCHES * settings["batch_size"]
+    keep_outputs = _REFERENCE.value is not None
+    outputs: list[str] = []
+
+    def translate(texts: list[str]) -> list[str]:
+        return translate_texts(
+            restored.model, restored.params, restored.tokenizer, texts, **settings
+        )
+
+    with (
+        open_streams() as (source, sink),
+        tqdm(
+            total=total_lines,
+            unit=" lines",
+            file=sys.stderr,
+            disable=interactive or not (_PROGRESS.value and sys.stderr.isatty()),
+            dynamic_ncols=True,
+        ) as bar,
+    ):
+        chunks = line_translation.line_chunks(source, _INPUT.value or "stdin", chunk_lines)
+        inputs = []
+        if _ATTENTION_PLOT.value:  # one sentence: read it all first to check
+            inputs = [line for chunk in chunks for line in chunk]
+            num_sentences = sum(1 for line in inputs if line.strip())
+            if num_sentences != 1:
+                fail(
+                    f"--attention_plot draws one sentence, but the input has {num_sentences} "
+                    "non-empty lines: give exactly one."
+                )
+            chunks = [inputs]
+        write_lines = line_translation.write_lines(sink)
+
+        def write(texts: list[str]) -> None:
+            write_lines(texts)
+            if keep_outputs:
+                outputs.extend(texts)
+
+        stats = line_translation.translate_lines(
+            chunks,
+            translate,
+            restored.tokenizer,
+            settings["max_input_length"],
+            write,
+            on_progress=bar.update,
+        )
+    return stats, outputs, inputs
+
+
+def report_truncation(stats: line_translation.TranslationStats, max_input_length: int) -> None:
+    if not stats.truncated_lines:
+        return
+    shown = ", ".join(map(str, stats.truncated_lines[:10]))
+    more = ", ..." if len(stats.truncated_lines) > 10 else ""
+    print(
+        f"Warning: {len(stats.truncated_lines)} input lines (lines {shown}{more}) were longer "
+        f"than {max_input_length} subwords and were truncated: split them into shorter "
+        "sentences.",
+        file=sys.stderr,
+    )
+
+
+def draw_attention(restored: restoring.Restored, settings: dict[str, Any], inputs: list[str]):
+    sentence = next(line for line in inputs if line.strip())
+    search = {key: value for key, value in settings.items() if key != "batch_size"}
+    attention = attention_plot.sentence_attention(
+        restored.model, restored.params, restored.tokenizer, sentence, **search
+    )
+    attention_plot.plot_attention(attention, _ATTENTION_PLOT.value)
+    print(f"Attention plot written to {_ATTENTION_PLOT.value}.", file=sys.stderr)
+
+
+def print_scores(outputs: list[str], references: list[str]) -> None:
+    """sacreBLEU lines, to stdout if the translations went to --output, else to stderr."""
+    if len(references) != len(outputs):
+        fail(
+            f"The reference {_REFERENCE.value} has {len(references)} lines but the input has "
+            f"{len(outputs)}: give one reference line per input line."
+        )
+    scores = scoring.corpus_scores(
+        outputs, references, tokenized_lowercase=_TOKENIZED_LOWERCASE.value
+    )
+    for score in scores:
+        print(score.line, file=sys.stdout if _OUTPUT.value else sys.stderr)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -155,148 +304,31 @@ def main(argv: Sequence[str]) -> None:
     check_flags()
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-
-    from decoding import attention_plot, line_translation, scoring, translate_texts
-    from training import averaging, restoring
-    from training.errors import ConfigError
-
     try:
-        restored = restoring.restore_for_translation(
-            _WORKDIR.value or _CHECKPOINT.value,
-            average_last=_AVERAGE_LAST.value,
-            config=_CONFIG.value,
-            tokenizer_file=_TOKENIZER.value,
-            mesh=make_mesh(),
-        )
-    except (restoring.RestoreError, ConfigError) as error:
-        fail(str(error))
-    config, model = restored.config, restored.model
-    where = restored.checkpoints_dir
-    steps = restored.steps
-    read = f"step {steps[-1]}" if len(steps) == 1 else f"the mean of steps {steps}"
-    print(f"Restored {read} from {where}.", file=sys.stderr)
-    if _SAVE_AVERAGE.value:
-        try:
-            saved = averaging.save_average(
-                _SAVE_AVERAGE.value,
-                steps[-1],
-                restored.params,
-                config,
-                restored.tokenizer.to_bytes(),
-                steps,
-                where,
-            )
-        except (FileExistsError, OSError) as error:
-            fail(str(error))
-        print(f"Saved the averaged checkpoint to {saved}.", file=sys.stderr)
-
-    decode = config.decode
-    settings = dict(
-        beam_size=_BEAM_SIZE.value or decode.beam_size,
-        alpha=decode.alpha if _ALPHA.value is None else _ALPHA.value,
-        max_extra_length=(
-            decode.max_extra_length if _MAX_EXTRA_LENGTH.value is None else _MAX_EXTRA_LENGTH.value
-        ),
-        batch_size=_BATCH_SIZE.value or decode.batch_size,
-        max_input_length=min(config.data.max_predict_length, model.config.max_length),
-    )
-    print(f"Decoding with {settings}.", file=sys.stderr)
-
-    def translate(texts: list[str]) -> list[str]:
-        return translate_texts(model, restored.params, restored.tokenizer, texts, **settings)
-
-    try:
-        references = None
-        if _REFERENCE.value:
-            with open(_REFERENCE.value, "rb") as file:
-                references = line_translation.read_lines(file, _REFERENCE.value)
-        total = None
+        restored = restore()
+        settings = decode_settings(restored)
+        described = ", ".join(f"{key} {value}" for key, value in settings.items())
+        print(f"Decoding with {described}.", file=sys.stderr)
+        total_lines = None
         if _INPUT.value:
             with open(_INPUT.value, "rb") as file:
-                total = sum(1 for _ in file)
-            if references is not None and len(references) != total:
-                fail(
-                    f"The reference {_REFERENCE.value} has {len(references)} lines but the input "
-                    f"{_INPUT.value} has {total}: give one reference line per input line."
-                )
-        from tqdm import tqdm
-
-        interactive = _INPUT.value is None and sys.stdin.isatty()
-        chunk_lines = 1 if interactive else CHUNK_BATCHES * settings["batch_size"]
-        outputs: list[str] = []
-        with (
-            open_streams(_INPUT.value, _OUTPUT.value) as (source, sink),
-            tqdm(
-                total=total,
-                unit=" lines",
-                file=sys.stderr,
-                disable=not (_PROGRESS.value and sys.stderr.isatty()) or interactive,
-                dynamic_ncols=True,
-            ) as bar,
-        ):
-            input_name = _INPUT.value or "stdin"
-            chunks = line_translation.line_chunks(source, input_name, chunk_lines)
-            if _ATTENTION_PLOT.value:
-                chunks = [[line for chunk in chunks for line in chunk]]
-                sentences = [line for line in chunks[0] if line.strip()]
-                if len(sentences) != 1:
-                    fail(
-                        f"--attention_plot draws one sentence, but the input has "
-                        f"{len(sentences)} non-empty lines: give exactly one."
-                    )
-            write_lines = line_translation.write_lines(sink)
-
-            def write(texts: list[str]) -> None:
-                write_lines(texts)
-                if references is not None:
-                    outputs.extend(texts)
-
-            stats = line_translation.translate_lines(
-                chunks,
-                translate,
-                restored.tokenizer,
-                settings["max_input_length"],
-                write,
-                on_progress=bar.update,
-            )
-    except (line_translation.InputError, OSError) as error:
+                total_lines = sum(1 for _ in file)
+        references = read_reference(total_lines)
+        stats, outputs, inputs = translate_input(restored, settings, total_lines)
+        print(stats.speed_line(), file=sys.stderr)
+        report_truncation(stats, settings["max_input_length"])
+        if _ATTENTION_PLOT.value:
+            draw_attention(restored, settings, inputs)
+        if references is not None:
+            print_scores(outputs, references)
+    except (
+        restoring.RestoreError,
+        ConfigError,
+        line_translation.InputError,
+        FileExistsError,
+        OSError,
+    ) as error:
         fail(str(error))
-
-    print(stats.speed_line(), file=sys.stderr)
-    if stats.truncated_lines:
-        shown = ", ".join(map(str, stats.truncated_lines[:10]))
-        more = ", ..." if len(stats.truncated_lines) > 10 else ""
-        print(
-            f"Warning: {len(stats.truncated_lines)} input lines (lines {shown}{more}) were "
-            f"longer than {settings['max_input_length']} subwords and were truncated: split "
-            "them into shorter sentences.",
-            file=sys.stderr,
-        )
-    if _ATTENTION_PLOT.value:
-        sentence = next(line for line in chunks[0] if line.strip())
-        attention = attention_plot.sentence_attention(
-            model,
-            restored.params,
-            restored.tokenizer,
-            sentence,
-            **{k: v for k, v in settings.items() if k != "batch_size"},
-        )
-        try:
-            attention_plot.plot_attention(attention, _ATTENTION_PLOT.value)
-        except OSError as error:
-            fail(str(error))
-        print(f"Attention plot written to {_ATTENTION_PLOT.value}.", file=sys.stderr)
-    if references is not None:
-        if len(references) != len(outputs):
-            fail(
-                f"The reference {_REFERENCE.value} has {len(references)} lines but the input "
-                f"has {len(outputs)}: give one reference line per input line."
-            )
-        scores_to = sys.stdout if _OUTPUT.value else sys.stderr  # stdout if translations aren't
-        for score in scoring.corpus_scores(
-            outputs, references, tokenized_lowercase=_TOKENIZED_LOWERCASE.value
-        ):
-            print(score.line, file=scores_to)
 
 
 if __name__ == "__main__":

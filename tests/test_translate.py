@@ -161,7 +161,9 @@ def test_average_save_and_attention_plot_through_the_command(workdir, tmp_path):
             "--average_last=2",
             f"--save_average={average_dir}",
             f"--attention_plot={plot}",
+            "--mesh_shape=1,2,4",  # averaged, saved and plotted with sharded parameters
         ],
+        devices=8,
         stdin=b"\nseven hundred and two\n\n",
     )
     code, stdout, stderr = finish(cli)

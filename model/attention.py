@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from model.config import TransformerConfig
+from model.dropout import keep_mask, random_seed
 
 Array = jax.Array
 
@@ -51,7 +52,7 @@ def dot_product_attention(
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1)
     if dropout_rate > 0.0 and dropout_rng is not None:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+        keep = keep_mask(random_seed(dropout_rng), weights.shape, dropout_rate)
         weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
     output = jnp.einsum("bnqk,bknh->bqnh", weights.astype(value.dtype), value)
     return output, weights
@@ -101,7 +102,6 @@ class MultiHeadAttention(nn.Module):
             (cfg.num_heads, cfg.head_dim, cfg.d_model),
             cfg.parameter_dtype,
         )
-        self.dropout = nn.Dropout(cfg.attention_dropout_rate)
 
     def _cast(self, kernel: Array) -> Array:
         return jnp.asarray(kernel, self.config.compute_dtype)

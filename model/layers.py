@@ -14,6 +14,7 @@ from flax import linen as nn
 
 from model.attention import MultiHeadAttention
 from model.config import TransformerConfig
+from model.dropout import Dropout
 
 Array = jax.Array
 
@@ -49,7 +50,7 @@ class FeedForward(nn.Module):
         )
         h = nn.relu(dense(cfg.d_ff, ("embed", "mlp"), "wi")(x))  # [batch, length, mlp]
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-        h = nn.Dropout(cfg.relu_dropout_rate)(h, deterministic=deterministic)
+        h = Dropout(cfg.relu_dropout_rate)(h, deterministic=deterministic)
         y = dense(cfg.d_model, ("mlp", "embed"), "wo")(h)
         return nn.with_logical_constraint(y, ("batch", "length", "embed"))
 
@@ -61,7 +62,7 @@ class Residual(nn.Module):
 
     def setup(self) -> None:
         self.norm = layer_norm(self.config)
-        self.dropout = nn.Dropout(self.config.dropout_rate)
+        self.dropout = Dropout(self.config.dropout_rate)
 
     def __call__(self, x: Array, sublayer: Callable[[Array], Array], deterministic: bool) -> Array:
         if self.config.norm_position == "pre":

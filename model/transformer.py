@@ -13,6 +13,7 @@ from flax import linen as nn
 
 from model import masks
 from model.config import TransformerConfig
+from model.dropout import Dropout
 from model.embedding import PositionalEncoding, TokenEmbedding
 from model.layers import DecoderLayer, EncoderLayer, layer_norm
 
@@ -39,7 +40,7 @@ class Encoder(nn.Module):
     def setup(self) -> None:
         cfg = self.config
         self.positions = PositionalEncoding(cfg)
-        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.dropout = Dropout(cfg.dropout_rate)
         layer = _layer_class(EncoderLayer, cfg)
         self.layers = [layer(cfg, name=f"layer_{i}") for i in range(cfg.num_encoder_layers)]
         if cfg.norm_position == "pre":
@@ -66,7 +67,7 @@ class Decoder(nn.Module):
     def setup(self) -> None:
         cfg = self.config
         self.positions = PositionalEncoding(cfg)
-        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.dropout = Dropout(cfg.dropout_rate)
         layer = _layer_class(DecoderLayer, cfg)
         self.layers = [layer(cfg, name=f"layer_{i}") for i in range(cfg.num_decoder_layers)]
         if cfg.norm_position == "pre":

@@ -267,8 +267,8 @@ def report_truncation(stats: line_translation.TranslationStats, max_input_length
     shown = ", ".join(map(str, stats.truncated_lines[:10]))
     more = ", ..." if len(stats.truncated_lines) > 10 else ""
     print(
-        f"Warning: {len(stats.truncated_lines)} input lines (lines {shown}{more}) were longer "
-        f"than {max_input_length} subwords and were truncated: split them into shorter "
+        f"Warning: truncated {len(stats.truncated_lines)} input line(s) longer than "
+        f"{max_input_length} subwords (line(s) {shown}{more}): split them into shorter "
         "sentences.",
         file=sys.stderr,
     )
@@ -291,6 +291,9 @@ def print_scores(outputs: list[str], references: list[str]) -> None:
             f"The reference {_REFERENCE.value} has {len(references)} lines but the input has "
             f"{len(outputs)}: give one reference line per input line."
         )
+    if not outputs:
+        print("No scores: the input is empty.", file=sys.stderr)
+        return
     scores = scoring.corpus_scores(
         outputs, references, tokenized_lowercase=_TOKENIZED_LOWERCASE.value
     )

@@ -40,6 +40,8 @@ def _check_counts(hypotheses: Sequence[str], references: Sequence[str]) -> None:
             f"{len(hypotheses)} translations but {len(references)} references: give exactly "
             "one reference line per input line."
         )
+    if not hypotheses:
+        raise ValueError("No sentences to score: the input is empty.")
 
 
 def _score(metric: BLEU | CHRF, hypotheses: Sequence[str], references: Sequence[str]) -> Score:
@@ -73,7 +75,7 @@ def corpus_scores(
     hypotheses: Sequence[str], references: Sequence[str], *, tokenized_lowercase: bool = False
 ) -> list[Score]:
     """BLEU and chrF, and the tokenized lowercased BLEU if asked. Raises ValueError when the
-    numbers of hypotheses and references differ."""
+    numbers of hypotheses and references differ, or there are none."""
     scores = [bleu(hypotheses, references), chrf(hypotheses, references)]
     if tokenized_lowercase:
         scores.append(tokenized_lowercase_bleu(hypotheses, references))

@@ -139,7 +139,9 @@ def test_one_device_translates_like_eight_and_scores_like_sacrebleu(workdir, tmp
     assert [t == "" for t in expected] == [not s.strip() for s in INPUT_LINES]
     assert "sentences/s" in stderr and "output tokens/s" in stderr
     long_line_number = INPUT_LINES.index(LONG_LINE) + 1
-    assert f"1 input lines (lines {long_line_number}) were longer than 32 subwords" in stderr
+    assert (
+        f"truncated 1 input line(s) longer than 32 subwords (line(s) {long_line_number})" in stderr
+    )
 
     # The scores printed are the sacrebleu command's on the same files.
     runs = [["-m", "bleu", "chrf"], ["-m", "bleu", "-lc", "-tok", "13a"]]
@@ -279,3 +281,5 @@ def test_scores_equal_the_sacrebleu_command(tmp_path):
     assert scores[2].score > scores[0].score > 0  # case matters
     with pytest.raises(ValueError, match="4 translations but 3 references"):
         scoring.bleu(hypotheses, references[:3])
+    with pytest.raises(ValueError, match="input is empty"):
+        scoring.chrf([], [])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,7 +109,7 @@ def plot_attention(attention: SentenceAttention, path: str | Path) -> None:
         ax.set_xlabel("source subwords")
         ax.set_ylabel("target subwords")
         figure.colorbar(image, ax=ax, shrink=0.8)
-    figure.suptitle(
-        f"Encoder-decoder attention, mean over heads: {attention.translation!r}", fontsize=10
-    )
+    characters_per_line = int(columns * panel_width * 10)  # about 10 per inch at 10 pt
+    title = textwrap.fill(f"output: {attention.translation}", characters_per_line)
+    figure.suptitle(f"Encoder-decoder attention, mean over heads\n{title}", fontsize=10)
     figure.savefig(path, dpi=100)

@@ -3,7 +3,8 @@
 Loss and accuracy are teacher-forced over padded validation batches (all hosts take part,
 each with its slice of every batch). BLEU decodes the first `num_bleu_examples` validation
 sentences with `decoding.translate_texts` (beam size and length penalty from config.decode)
-and scores them against the references with sacreBLEU's corpus BLEU.
+and scores them against the references with sacreBLEU's corpus BLEU; exact match (the share
+of outputs equal to their reference) is reported with it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+import input_pipeline
 from decoding import scoring, translate_texts
 from model import Transformer
 from training import partitioning
 from training.loss import summarize
-from training.steps import EvalStep
+from training.steps import EvalStep, make_eval_step
 
 
 def evaluate_loss(
@@ -84,3 +86,55 @@ def sample_lines(
         mark = "ok" if hypothesis.strip() == reference.strip() else "reference: " + reference
         lines.append(f"{source}  =>  {hypothesis}  [{mark}]")
     return lines
+
+
+class Evaluator:
+    """The evaluation run every `eval_every_steps`, with its data prepared once: the validation
+    batches (this host's rows) and the sentences to decode."""
+
+    def __init__(
+        self, config: Any, tokenizer: Any, model: Transformer, mesh: Mesh, param_shardings: Any
+    ) -> None:
+        self.config, self.tokenizer, self.model, self.mesh = config, tokenizer, model, mesh
+        self.eval_step = make_eval_step(
+            model, mesh, param_shardings, label_smoothing=config.label_smoothing
+        )
+        split = config.data.eval_split
+        self.batches = input_pipeline.eval_batches(
+            config,
+            tokenizer,
+            split,
+            batch_size=config.eval_batch_size,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        if config.num_eval_batches >= 0:
+            self.batches = self.batches[: config.num_eval_batches]
+        pairs = input_pipeline.raw_examples(config.data, split)
+        count = len(pairs) if config.num_bleu_examples < 0 else config.num_bleu_examples
+        self.decoded_pairs = pairs[: max(count, config.num_sample_translations)]
+
+    def __call__(self, params: Any) -> tuple[dict[str, float], list[str]]:
+        """({'eval/loss': ..., 'eval/bleu': ...}, sample translation lines). Every host calls
+        it: the loss batches and the decoding are computations over the whole mesh."""
+        config = self.config
+        summary = evaluate_loss(
+            self.eval_step, params, self.batches, self.mesh, config.eval_batch_size
+        )
+        scalars = {f"eval/{name}": value for name, value in summary.items()}
+        if not self.decoded_pairs:
+            return scalars, []
+        hypotheses = translate(
+            self.model,
+            params,
+            self.tokenizer,
+            [s for s, _ in self.decoded_pairs],
+            config.decode,
+            config.data.max_predict_length,
+        )
+        if config.num_bleu_examples != 0:
+            references = [t for _, t in self.decoded_pairs]
+            scalars["eval/bleu"] = corpus_bleu(hypotheses, references)
+            scalars["eval/exact_match"] = exact_match(hypotheses, references)
+        samples = sample_lines(self.decoded_pairs, hypotheses, config.num_sample_translations)
+        return scalars, samples

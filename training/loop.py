@@ -10,7 +10,8 @@ Failure handling:
 - Preemption: SIGTERM makes the run save a checkpoint at the next step boundary and return
   normally (exit code 0), ready to be resumed.
 - Divergence: a non-finite loss or gradient raises `TrainingDivergedError` naming the last
-  good checkpoint; checkpoints are only written after their steps were checked finite.
+  good checkpoint; checkpoints are only written after their steps and parameters were checked
+  finite.
 """
 
 from __future__ import annotations
@@ -24,17 +25,20 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
+import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
 import input_pipeline
 from model import Transformer
-from training import checkpointing, configuration, evaluation, partitioning
+from training import checkpointing, configuration, partitioning
 from training import state as train_state
 from training.errors import ConfigError, TrainingDivergedError
+from training.evaluation import Evaluator
 from training.loss import summarize
 from training.metrics import MetricsWriter, Throughput, log_evaluation, progress_line
-from training.steps import make_eval_step, make_train_step
+from training.steps import make_train_step
 
 
 class PreemptionWatcher:
@@ -115,7 +119,7 @@ def prepare_config(config: ml_collections.ConfigDict, vocab_size: int) -> ml_col
     return config
 
 
-def _check_sizes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+def check_batch_sizes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
     ways = partitioning.batch_axis_size(mesh)
     for name in ("batch_size", "eval_batch_size"):
         rows = config[name]
@@ -126,7 +130,7 @@ def _check_sizes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
             )
 
 
-def _check_same_model(saved: dict[str, Any], config: ml_collections.ConfigDict, where: Path):
+def check_same_model(saved: dict[str, Any], config: ml_collections.ConfigDict, where: Path):
     current = checkpointing.config_to_json(config)["model"]
     differing = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if differing:
@@ -137,62 +141,36 @@ def _check_same_model(saved: dict[str, Any], config: ml_collections.ConfigDict, 
         )
 
 
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> None:
-    """Trains `config` in `workdir` up to config.num_train_steps (resuming if possible),
-    evaluating, logging and checkpointing on the way (module docstring)."""
-    configuration.check_config(config)
-    workdir = Path(workdir)
-    is_writer = jax.process_index() == 0
-    if is_writer:
-        workdir.mkdir(parents=True, exist_ok=True)
-
-    # ---------------------------------------------------------------- data and model
-    input_pipeline.prepare(config.data)
-    tokenizer = input_pipeline.get_tokenizer(
-        config.data, workdir, process_index=jax.process_index(), barrier=lambda: _sync("spm")
-    )
-    config = prepare_config(config, tokenizer.vocab_size)
-    mesh = partitioning.make_mesh(config.mesh_shape)
-    _check_sizes(config, mesh)
-    model_config = configuration.model_config(config)
-    model = Transformer(model_config)
-    schedule = train_state.learning_rate_schedule(config)
-    optimizer = train_state.make_optimizer(config, schedule)
-    init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
-    dropout_seed = int(jax.random.randint(dropout_key, (), 0, 2**31 - 1))
-
-    # ---------------------------------------------------------------- state: new or resumed
-    manager = checkpointing.checkpoint_manager(workdir, config.keep_checkpoints)
-    latest = manager.latest_step()
+def initial_state(
+    manager: ocp.CheckpointManager,
+    model: Transformer,
+    optimizer: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+) -> tuple[train_state.TrainState, train_state.TrainState, Any]:
+    """(state, its shardings, data iterator state or None): the newest checkpoint's if there
+    is one, else a fresh initialisation from config.seed."""
     shardings = train_state.state_shardings(model, optimizer, mesh)
-    data_state = None
+    latest = manager.latest_step()
     if latest is None:
+        init_key = jax.random.fold_in(jax.random.key(config.seed), 0)
         state, _ = train_state.create_train_state(model, optimizer, mesh, init_key)
-    else:
-        _check_same_model(checkpointing.saved_model_config(manager, latest), config, workdir)
-        abstract = train_state.abstract_train_state(model, optimizer)
-        state, data_state = checkpointing.restore_train_state(manager, latest, abstract, shardings)
-    start_step = int(jax.device_get(state.step))
+        return state, shardings, None
+    check_same_model(checkpointing.saved_model_config(manager, latest), config, workdir)
+    abstract = train_state.abstract_train_state(model, optimizer)
+    state, data_state = checkpointing.restore_train_state(manager, latest, abstract, shardings)
+    logging.info("Resumed from %s at step %d.", workdir / "checkpoints" / str(latest), latest)
+    if data_state is None:
+        logging.warning(
+            "Checkpoint %d was written by a different number of processes: the training data "
+            "restarts from the beginning instead of continuing its exact order.",
+            latest,
+        )
+    return state, shardings, data_state
 
-    train_batches = input_pipeline.train_iterator(
-        config, tokenizer, process_index=jax.process_index(), process_count=jax.process_count()
-    )
-    if latest is not None:
-        if data_state is None:
-            logging.warning(
-                "Checkpoint %d was written by a different number of processes: the training "
-                "data restarts from the beginning instead of continuing its exact order.",
-                latest,
-            )
-        else:
-            train_batches.set_state(data_state)
-        logging.info("Resumed from %s at step %d.", workdir / "checkpoints" / str(latest), latest)
 
+def log_setup(config, model_config, state, mesh) -> None:
     logging.info(
         "Model: %s parameters, compute dtype %s. Mesh: %s. Devices: %d (%d per host), hosts: %d.",
         f"{train_state.parameter_count(state.params):,}",
@@ -211,84 +189,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         config.grad_accum_steps,
     )
 
-    # ---------------------------------------------------------------- steps and evaluation data
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> None:
+    """Trains `config` in `workdir` up to config.num_train_steps (resuming if possible),
+    evaluating, logging and checkpointing on the way (module docstring)."""
+    configuration.check_config(config)
+    workdir = Path(workdir).absolute()
+    is_writer = jax.process_index() == 0
+    if is_writer:
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    # ---------------------------------------------------------------- set up
+    input_pipeline.prepare(config.data)
+    tokenizer = input_pipeline.get_tokenizer(
+        config.data, workdir, process_index=jax.process_index(), barrier=lambda: _sync("spm")
+    )
+    config = prepare_config(config, tokenizer.vocab_size)
+    mesh = partitioning.make_mesh(config.mesh_shape)
+    check_batch_sizes(config, mesh)
+    model_config = configuration.model_config(config)
+    model = Transformer(model_config)
+    schedule = train_state.learning_rate_schedule(config)
+    optimizer = train_state.make_optimizer(config, schedule)
+    manager = checkpointing.checkpoint_manager(workdir, config.keep_checkpoints)
+    state, shardings, data_state = initial_state(manager, model, optimizer, mesh, config, workdir)
+    start_step = int(jax.device_get(state.step))
+    train_batches = input_pipeline.train_iterator(
+        config, tokenizer, process_index=jax.process_index(), process_count=jax.process_count()
+    )
+    if data_state is not None:
+        train_batches.set_state(data_state)
+    log_setup(config, model_config, state, mesh)
+
     train_step = make_train_step(
         model,
         optimizer,
         mesh,
         shardings,
         label_smoothing=config.label_smoothing,
-        dropout_seed=dropout_seed,
+        dropout_seed=config.seed + 1,
     )
-    eval_step = make_eval_step(
-        model, mesh, shardings.params, label_smoothing=config.label_smoothing
-    )
-    eval_batches = input_pipeline.eval_batches(
-        config,
-        tokenizer,
-        config.data.eval_split,
-        batch_size=config.eval_batch_size,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    if config.num_eval_batches >= 0:
-        eval_batches = eval_batches[: config.num_eval_batches]
-    eval_pairs = input_pipeline.raw_examples(config.data, config.data.eval_split)
-    num_decoded = max(config.num_bleu_examples, config.num_sample_translations)
-    if config.num_bleu_examples < 0:
-        num_decoded = len(eval_pairs)
-    decoded_pairs = eval_pairs[:num_decoded]
-
-    def evaluate(step: int) -> tuple[dict[str, float], list[str]]:
-        """Validation loss and accuracy; BLEU and exact match of decoded sentences; samples."""
-        scalars = {
-            f"eval/{k}": v
-            for k, v in evaluation.evaluate_loss(
-                eval_step, state.params, eval_batches, mesh, config.eval_batch_size
-            ).items()
-        }
-        samples = []
-        if decoded_pairs:
-            hypotheses = evaluation.translate(
-                model,
-                state.params,
-                tokenizer,
-                [s for s, _ in decoded_pairs],
-                config.decode,
-                config.data.max_predict_length,
-            )
-            references = [t for _, t in decoded_pairs]
-            if config.num_bleu_examples != 0:
-                scalars["eval/bleu"] = evaluation.corpus_bleu(hypotheses, references)
-                scalars["eval/exact_match"] = evaluation.exact_match(hypotheses, references)
-            samples = evaluation.sample_lines(
-                decoded_pairs, hypotheses, config.num_sample_translations
-            )
-            if is_writer:
-                for line in samples:
-                    logging.info("sample: %s", line)
-            writer.write_text(step, "samples", "\n\n".join(samples))
-        if is_writer:
-            log_evaluation(step, scalars)
-        return scalars, samples
-
-    # ---------------------------------------------------------------- the loop
+    evaluate = Evaluator(config, tokenizer, model, mesh, shardings.params)
     writer = MetricsWriter(workdir, enabled=is_writer)
-    writer.drop_after(start_step)
+    writer.drop_after(start_step)  # a resumed run logs the steps after its checkpoint again
     tokenizer_bytes = tokenizer.to_bytes()
     preemption = PreemptionWatcher()
     window = MetricsWindow()
     throughput = Throughput(start_step, config.num_train_steps)
-    last_eval: dict[str, float] = {}
-    samples: list[str] = []
-
-    def save(step: int) -> None:
-        bad_step = window.drain()
-        if bad_step is not None:
-            diverged(bad_step)
-        if not bool(all_finite(state.params)):  # e.g. an update overflowed after a finite loss
-            diverged(step)
-        checkpointing.save(manager, state, train_batches.get_state(), config, tokenizer_bytes)
 
     def diverged(bad_step: int) -> None:
         manager.wait_until_finished()
@@ -304,7 +256,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             "Lower learning_rate, raise warmup_steps or set grad_clip_norm, then resume."
         )
 
-    accum = config.grad_accum_steps
+    def save(step: int) -> None:
+        bad_step = window.drain()
+        if bad_step is not None:
+            diverged(bad_step)
+        if not bool(all_finite(state.params)):  # e.g. an update overflowed after a finite loss
+            diverged(step)
+        checkpointing.save(manager, state, train_batches.get_state(), config, tokenizer_bytes)
+
+    def run_evaluation(step: int) -> tuple[dict[str, float], list[str]]:
+        scalars, samples = evaluate(state.params)
+        if is_writer:
+            for line in samples:
+                logging.info("sample: %s", line)
+            log_evaluation(step, scalars)
+        writer.write_text(step, "samples", "\n\n".join(samples))
+        return scalars, samples
+
+    # ---------------------------------------------------------------- train
+    last_eval: dict[str, float] = {}
+    samples: list[str] = []
     step = start_step
     for step in range(start_step + 1, config.num_train_steps + 1):
         batch = partitioning.global_batch(next(train_batches), mesh, config.batch_size)
@@ -317,38 +288,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             bad_step = window.drain()
             if bad_step is not None:
                 diverged(bad_step)
-            record |= train_scalars(window.take(), float(schedule((step - 1) // accum)))
+            learning_rate = float(schedule((step - 1) // config.grad_accum_steps))
+            record |= train_scalars(window.take(), learning_rate)
             record |= throughput.update(step, record["train/tokens"])
             if is_writer:
                 logging.info("%s", progress_line(step, config.num_train_steps, record))
-
         if (config.eval_every_steps and step % config.eval_every_steps == 0) or last_step:
-            last_eval, samples = evaluate(step)
+            last_eval, samples = run_evaluation(step)
             record |= last_eval
             throughput.restart_clock(step)
         if record:
             writer.write(step, record)
 
-        stop = preemption.should_stop(step)
-        if step % config.checkpoint_every_steps == 0 or last_step or stop:
+        preempted = preemption.should_stop(step)
+        if step % config.checkpoint_every_steps == 0 or last_step or preempted:
             save(step)
             throughput.restart_clock(step)
-        if stop:
+        if preempted:
             manager.wait_until_finished()
             logging.info("SIGTERM: saved the checkpoint of step %d; exiting to resume later.", step)
             writer.close()
             manager.close()
             return
 
+    # ---------------------------------------------------------------- finish
     if start_step >= config.num_train_steps:
         logging.info("Already trained for %d steps (num_train_steps).", start_step)
-        last_eval, samples = evaluate(start_step)
-        writer.write(start_step, last_eval)
+        last_eval, samples = run_evaluation(start_step)
     manager.wait_until_finished()
     manager.close()
     writer.close()
     if is_writer:
         final = {k: round(v, 4) for k, v in last_eval.items()}
         print(f"Finished at step {step}: {json.dumps(final)}")
-        print("Sample translations (source  =>  output  [ok or the reference]):")
-        print("\n".join(f"  {line}" for line in samples), flush=True)
+        if samples:
+            print("Sample translations (source  =>  output  [ok, or the reference]):")
+            print("\n".join(f"  {line}" for line in samples), flush=True)

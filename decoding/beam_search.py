@@ -8,7 +8,7 @@ Each sentence keeps `beam_size` *alive* hypotheses (still growing) and the `beam
   2. keeps the 2·beam best extensions: at most `beam` of them end in EOS (one per parent), so
      at least `beam` can stay alive;
   3. the `beam` best extensions that do not end become the new alive hypotheses, and the
-     decoder cache rows are reordered so that row k holds the history of new hypothesis k;
+     decoder cache is reordered so that row k holds the history of new hypothesis k;
   4. extensions that end in EOS *and* rank among the `beam` best of the step are finished:
      scored log P(y) / lp(|y|) with lp(n) = ((5 + n) / 6)^alpha (|y| counts EOS), and merged
      into the finished set, which keeps its `beam` best.
@@ -19,9 +19,11 @@ still beat the worst finished one: log-probabilities only fall as a hypothesis g
 an alive hypothesis can reach is log P(alive) / lp(limit). The loop stops when every sentence is
 done. A sentence with no finished hypothesis at the end returns its alive ones.
 
-`search` is the algorithm over any step function; `beam_search` runs it on the Transformer,
-whose encoder keys/values are stored once per sentence, so only the self-attention cache is
-reordered.
+`search` is the algorithm over any step function and cache; `beam_search` runs it on the
+Transformer. The encoder keys/values are stored once per sentence (the model folds the beams of
+a sentence into its query axis), so after each step only the self-attention keys/values are
+reordered, by one row gather. scripts/decode_speed.py compares this with cheaper-looking
+alternatives; on CPU none was measurably faster (see its docstring).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from model import Cache, Transformer
 Array = jax.Array
 # step_fn(tokens [batch * beams], cache) -> (log_probs [batch * beams, vocab], cache)
 StepFn = Callable[[Array, Any], tuple[Array, Any]]
-# reorder_fn(cache, parents [batch, beams]) -> cache whose row (b, k) is old row (b, parents[b, k])
+# reorder_fn(cache, parents [batch, beams]) -> the cache for the new hypotheses, where new
+# hypothesis (b, k) continues old hypothesis (b, parents[b, k])
 ReorderFn = Callable[[Any, Array], Any]
 
 
@@ -183,17 +186,14 @@ def search(
 
 
 def reorder_self_attention(cache: Cache, parents: Array) -> Cache:
-    """Reorders only the self-attention keys/values [batch * beams, max_len, heads, head_dim]:
-    the encoder's keys/values are per sentence and never change."""
+    """New hypothesis (b, k) continues old (b, parents[b, k]): gathers the self-attention keys
+    and values [batch * beams, max_len, heads, head_dim] by row. The encoder's keys/values are
+    per sentence and stay where they are."""
     batch, beams = parents.shape
     rows = (parents + beams * jnp.arange(batch)[:, None]).reshape(-1)  # [batch * beams]
-    reorder = lambda x: jnp.take(x, rows, axis=0, mode="clip")
+    gather = lambda x: jnp.take(x, rows, axis=0, mode="clip")  # in range: no fill, no select
     layers = [
-        {
-            **layer,
-            "self_key": reorder(layer["self_key"]),
-            "self_value": reorder(layer["self_value"]),
-        }
+        {**layer, "self_key": gather(layer["self_key"]), "self_value": gather(layer["self_value"])}
         for layer in cache["layers"]
     ]
     return {**cache, "layers": layers}
@@ -212,11 +212,10 @@ def beam_search(
     """Beam search on the Transformer: inputs [batch, source_length] int32 ->
     BeamSearchResult(sequences [batch, beams, max_decode_length], scores [batch, beams])."""
     cached_model.check_decode_length(model, max_decode_length)
-    cache = cached_model.start(model, params, inputs, beam_size, max_decode_length)
     return search(
         lambda tokens, cache: cached_model.step(model, params, inputs, cache, tokens),
         reorder_self_attention,
-        cache,
+        cached_model.start(model, params, inputs, beam_size, max_decode_length),
         batch_size=inputs.shape[0],
         beam_size=beam_size,
         alpha=alpha,

@@ -43,7 +43,7 @@ def step(
     start) -> (log-probabilities [rows, vocab] float32, updated cache).
 
     PAD_ID gets log-probability -inf: padding is never an output, so a zero in an output
-    sequence always means "after EOS".
+    sequence always means "after EOS" (or "after the length limit").
     """
     logits, cache = model.apply(
         {"params": nn.unbox(params)},
@@ -52,5 +52,9 @@ def step(
         cache,
         method="decode_step",
     )
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    return log_probs.at[:, PAD_ID].set(-jnp.inf), cache
+    return next_token_log_probs(logits), cache
+
+
+def next_token_log_probs(logits: Array) -> Array:
+    """logits [rows, vocab] -> log-probabilities, with PAD_ID impossible (-inf)."""
+    return jax.nn.log_softmax(logits, axis=-1).at[:, PAD_ID].set(-jnp.inf)

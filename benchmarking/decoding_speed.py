@@ -51,7 +51,7 @@ def benchmark_decoding(
 
     with timing.compile_seconds() as compile_durations:
         outputs = np.asarray(call(0))
-    seconds = timing.summarize_times(timing.time_calls(call, repeats), "time")["time_s"]
+    seconds = timing.summarize_times(timing.time_calls(call, repeats)[0], "time")["time_s"]
     return {
         f"decode_{name}_s": seconds,
         f"decode_{name}_compile_s": sum(compile_durations),

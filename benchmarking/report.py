@@ -41,6 +41,7 @@ ROWS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("step_time_s", "train step time, median", _seconds),
     ("step_time_min_s", "train step time, min", _seconds),
     ("step_time_max_s", "train step time, max", _seconds),
+    ("step_cpu_s", "train step CPU time of this process, median", _seconds),
     ("tokens_per_s", "target tokens/s (with padding)", _rate),
     ("nonpad_tokens_per_s", "target tokens/s (non-padding)", _rate),
     ("compile_s", "compile time (trace + lower + XLA compile)", _seconds),

@@ -40,14 +40,17 @@ def compile_seconds() -> Iterator[list[float]]:
         jax.monitoring.unregister_event_duration_listener(listener)
 
 
-def time_calls(call: Callable[[int], Any], num_calls: int) -> list[float]:
-    """Seconds of `call(i)` for i in range(num_calls), each until its result is ready."""
-    times = []
+def time_calls(call: Callable[[int], Any], num_calls: int) -> tuple[list[float], list[float]]:
+    """Wall seconds and process CPU seconds of `call(i)` for i in range(num_calls), each until
+    its result is ready. On a machine shared with other work, CPU seconds (summed over this
+    process's threads) move much less than wall seconds."""
+    wall, cpu = [], []
     for i in range(num_calls):
-        start = time.perf_counter()
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
         jax.block_until_ready(call(i))
-        times.append(time.perf_counter() - start)
-    return times
+        wall.append(time.perf_counter() - start_wall)
+        cpu.append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def summarize_times(times: list[float], prefix: str) -> dict[str, float]:

@@ -8,6 +8,7 @@ pipeline's.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,9 +83,10 @@ def benchmark_training(
     with timing.compile_seconds() as compile_durations:
         timing.time_calls(call, 1)
     timing.time_calls(lambda i: call(i + 1), warmup_steps)
-    times = timing.time_calls(lambda i: call(i + 1 + warmup_steps), steps)
+    times, cpu_times = timing.time_calls(lambda i: call(i + 1 + warmup_steps), steps)
 
     figures: dict[str, Any] = timing.summarize_times(times, "step_time")
+    figures["step_cpu_s"] = statistics.median(cpu_times)
     step_time = figures["step_time_s"]
     fill_rate = target_fill_rate(batches)
     model_flops = flops.train_step_flops(model_config, rows, length, length)

@@ -108,9 +108,13 @@ class MultiHeadAttention(nn.Module):
 
     def project_qkv(self, x: Array) -> tuple[Array, Array, Array]:
         """x [batch, length, embed] -> q, k, v, each [batch, length, heads, head_dim]."""
-        qkv = jnp.einsum("ble,etnh->tblnh", x, self._cast(self.qkv_kernel))
-        qkv = nn.with_logical_constraint(qkv, (None, "batch", "length", "heads", "kv"))
-        return qkv[0], qkv[1], qkv[2]
+        # Batch and length stay in front (as in x), so the product is a plain
+        # [tokens, embed] x [embed, 3 * heads * head_dim] matmul: an output ordered (q/k/v,
+        # batch, ...) made XLA:CPU transpose the kernel and its gradient every step.
+        qkv = jnp.einsum("ble,etnh->bltnh", x, self._cast(self.qkv_kernel))
+        qkv = nn.with_logical_constraint(qkv, ("batch", "length", None, "heads", "kv"))
+        q, k, v = jnp.unstack(qkv, axis=2)
+        return q, k, v
 
     def project_query(self, x: Array) -> Array:
         """x [batch, length, embed] -> q [batch, length, heads, head_dim] (cross-attention)."""
@@ -119,9 +123,10 @@ class MultiHeadAttention(nn.Module):
 
     def project_key_value(self, memory: Array) -> tuple[Array, Array]:
         """memory [batch, length, embed] -> k, v [batch, length, heads, head_dim]."""
-        kv = jnp.einsum("ble,etnh->tblnh", memory, self._cast(self.kv_kernel))
-        kv = nn.with_logical_constraint(kv, (None, "batch", "length", "heads", "kv"))
-        return kv[0], kv[1]
+        kv = jnp.einsum("ble,etnh->bltnh", memory, self._cast(self.kv_kernel))
+        kv = nn.with_logical_constraint(kv, ("batch", "length", None, "heads", "kv"))
+        k, v = jnp.unstack(kv, axis=2)
+        return k, v
 
     def attend(
         self, q: Array, k: Array, v: Array, mask: Array | None, deterministic: bool

@@ -57,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.share_embeddings = True  # source and target share one embedding table
     model.tie_output_projection = True  # softmax weights = embedding table (paper)
     model.layer_norm_epsilon = 1e-6  # LayerNorm epsilon
-    model.dtype = "float32"  # compute dtype; 'bfloat16' on TPU/GPU
+    model.dtype = "float32"  # compute: 'float32', 'bfloat16', or 'auto' (train.py: bf16 on GPU/TPU)
     model.param_dtype = "float32"  # parameter storage dtype
     model.remat = False  # recompute layer activations in backward (saves memory)
     model.attention_implementation = "xla"  # 'cudnn': fused attention on NVIDIA GPUs (bf16)
@@ -66,15 +66,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0  # parameter init, dropout and data order
     config.batch_size = 96  # global rows per step (x data.max_length tokens; paper ~25k)
     config.num_train_steps = 100_000  # paper: 100k steps for base
-    config.learning_rate = 1.0  # multiplier on the schedule below
-    config.schedule = "rsqrt"  # 'rsqrt': d_model^-0.5*min(t^-0.5, t*warmup^-1.5); 'cosine'
+    config.learning_rate = 1.0  # rsqrt: multiplier on the formula; cosine/constant: peak rate
+    # 'rsqrt': d_model^-0.5*min(t^-0.5, t*warmup^-1.5) (paper); 'cosine': warm-up then cosine
+    # decay to 0; 'constant': warm-up then flat. t counts optimizer updates.
+    config.schedule = "rsqrt"
     config.warmup_steps = 4000  # paper: 4000
     config.adam_b1 = 0.9  # Adam beta1
     config.adam_b2 = 0.98  # Adam beta2 (paper: 0.98)
     config.adam_eps = 1e-9  # Adam epsilon (paper: 1e-9)
     config.weight_decay = 0.0  # decoupled weight decay (AdamW); 0 = plain Adam
     config.grad_clip_norm = 0.0  # clip gradients to this global norm; 0 = off
-    config.grad_accum_steps = 1  # micro-batches accumulated per update (optax.MultiSteps)
+    # Micro-batches accumulated per update (optax.MultiSteps). Steps (num_train_steps, the
+    # *_every_steps) count batches of batch_size rows; the schedule counts updates.
+    config.grad_accum_steps = 1
     config.label_smoothing = 0.1  # epsilon_ls
     config.mesh_shape = (-1, 1, 1)  # devices along (data, fsdp, tensor); -1 = the rest
     config.log_every_steps = 100  # progress line, TensorBoard and metrics.jsonl

@@ -23,6 +23,7 @@ def tiny_config(batch_size: int, grad_accum_steps: int):
     model.dropout_rate = 0.0  # off: both runs must see the same network
     config.batch_size = batch_size
     config.grad_accum_steps = grad_accum_steps
+    config.schedule = "rsqrt"  # counts updates from 1: the first update has a learning rate
     config.warmup_steps = 3
     return config
 

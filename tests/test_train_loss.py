@@ -74,6 +74,7 @@ def paper_rate(step, d_model, warmup):
 
 def test_rsqrt_schedule_is_the_papers_formula():
     config = default.get_config()
+    config.schedule = "rsqrt"
     config.model.d_model = 512
     config.warmup_steps = 4000
     config.learning_rate = 1.0

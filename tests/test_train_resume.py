@@ -20,10 +20,10 @@ from tests.train_runner import (  # noqa: F401
 )
 from training import checkpointing
 
-STEPS = 300
+STEPS = 160
 LONG_RUN = {
     "num_train_steps": STEPS,
-    "checkpoint_every_steps": 50,
+    "checkpoint_every_steps": 40,
     "log_every_steps": 1,  # every step's loss is compared
     "num_sample_translations": 0,
 }
@@ -42,7 +42,7 @@ def test_killed_and_preempted_runs_end_exactly_like_an_uninterrupted_one(tmp_pat
         # 1. SIGKILL once the first checkpoint is complete and training has gone past it.
         first = processes.start(interrupted, prepared_dir, LONG_RUN)
         wait_for(
-            lambda: checkpoint_steps(interrupted) and last_logged_step(interrupted) > 60,
+            lambda: checkpoint_steps(interrupted) and last_logged_step(interrupted) > 50,
             first,
             "the first checkpoint",
         )

@@ -105,7 +105,7 @@ _PROGRESS = flags.DEFINE_bool(
     "progress", True, "Show a progress bar on stderr when it is a terminal (--noprogress: never)."
 )
 
-CHUNK_BATCHES = 32  # lines read (and sorted by length) at a time: this many batches
+CHUNK_BATCHES = 8  # lines read, sorted by length and translated at a time: this many batches
 
 
 def fail(message: str) -> None:

@@ -209,6 +209,8 @@ def test_average_save_and_attention_plot_through_the_command(workdir, tmp_path):
     for got, want in zip(jax.tree.leaves(saved), jax.tree.leaves(mean), strict=True):
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-7)
     assert tokenizer.to_bytes() == restoring.restore_for_translation(workdir).tokenizer.to_bytes()
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        averaging.save_average(average_dir, 3, saved, {}, b"", [3], source=workdir)
 
 
 def test_averaging_identical_checkpoints_is_the_identity(workdir):

@@ -2,13 +2,15 @@
 
 Lines are split on "\\n" only (a trailing "\\r" is dropped, so CRLF files work); every other
 character, including Unicode line separators, stays inside its line. A blank line gives an
-empty line. Input must be UTF-8: a bad byte stops with an error naming the line. Lines are
+empty line. Input must be UTF-8 (a byte order mark at the start is skipped): a bad byte stops
+with an error naming the line. Lines are
 read in chunks (one line at a time from a terminal) and each chunk is translated, written
 and flushed before the next is read, so a pipe gets its output as it goes.
 """
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -42,6 +44,8 @@ def line_chunks(stream: BinaryIO, source_name: str, chunk_lines: int) -> Iterato
     """Lists of at most `chunk_lines` consecutive lines. A last line without "\\n" counts."""
     chunk: list[str] = []
     for line_number, raw in enumerate(stream, start=1):
+        if line_number == 1:
+            raw = raw.removeprefix(codecs.BOM_UTF8)  # as some Windows editors write
         chunk.append(decode_line(raw.removesuffix(b"\n"), line_number, source_name))
         if len(chunk) == chunk_lines:
             yield chunk

@@ -273,6 +273,8 @@ def test_line_chunks_keep_alignment(tmp_path):
         chunks = list(line_translation.line_chunks(stream, "in.txt", chunk_lines=3))
     assert [len(c) for c in chunks] == [3, 3, 2]
     assert [line for chunk in chunks for line in chunk] == INPUT_LINES
+    with_bom = iter([b"\xef\xbb\xbfone\r\n", b"two"])
+    assert list(line_translation.line_chunks(with_bom, "in.txt", 10)) == [["one", "two"]]
     with pytest.raises(line_translation.InputError, match="in.txt line 2 is not valid UTF-8"):
         list(line_translation.line_chunks(iter([b"ok\n", b"\xff\n"]), "in.txt", 10))
 

@@ -3,9 +3,9 @@
 Lines are split on "\\n" only (a trailing "\\r" is dropped, so CRLF files work); every other
 character, including Unicode line separators, stays inside its line. A blank line gives an
 empty line. Input must be UTF-8 (a byte order mark at the start is skipped): a bad byte stops
-with an error naming the line. Lines are
-read in chunks (one line at a time from a terminal) and each chunk is translated, written
-and flushed before the next is read, so a pipe gets its output as it goes.
+with an error naming the line. Lines are read in chunks (one line at a time from a terminal)
+and each chunk is translated, written and flushed before the next is read, so a pipe gets its
+output as it goes.
 """
 
 from __future__ import annotations

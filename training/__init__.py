@@ -1,0 +1,15 @@
+"""Training: `train.py` parses flags and calls `training.loop.train_and_evaluate`.
+
+Read in this order:
+- `configuration`: checks a config (unknown keys, bad values), builds the model config.
+- `partitioning`: the device mesh (data, fsdp, tensor) and the logical-axis rules.
+- `state`: TrainState, the optax optimizer and learning-rate schedules.
+- `loss`: label-smoothed cross entropy and token metrics, as sums.
+- `steps`: the jitted, sharded train and evaluation steps.
+- `checkpointing`: orbax checkpoints; `restore_for_inference` for decoding.
+- `metrics`: progress line, TensorBoard, metrics.jsonl.
+- `evaluation`: validation loss, BLEU and exact match of decoded sentences.
+- `loop`: resume, train, evaluate, checkpoint; SIGTERM and divergence handling.
+- `errors`: the errors reported to users as one line.
+(`restoring` and `averaging` serve translate.py: checks and checkpoint averaging.)
+"""

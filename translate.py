@@ -20,7 +20,7 @@ import contextlib
 import io
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 from absl import app, flags, logging
@@ -108,16 +108,14 @@ _PROGRESS = flags.DEFINE_bool(
 CHUNK_BATCHES = 8  # lines read, sorted by length and translated at a time: this many batches
 
 
-def fail(message: str) -> None:
-    """Ends the program with a one-line error."""
+def fail(message: str) -> NoReturn:
+    """Ends the program with a one-line error (exit status 1)."""
     sys.exit(f"translate.py: error: {message}")
 
 
 def check_flags() -> None:
     if (_WORKDIR.value is None) == (_CHECKPOINT.value is None):
-        raise app.UsageError(
-            "Pass exactly one of --workdir=DIR or --checkpoint=DIR/checkpoints/STEP."
-        )
+        fail("Pass exactly one of --workdir=DIR or --checkpoint=DIR/checkpoints/STEP.")
     for name, value, low in [
         ("beam_size", _BEAM_SIZE.value, 1),
         ("batch_size", _BATCH_SIZE.value, 1),
@@ -125,9 +123,9 @@ def check_flags() -> None:
         ("alpha", _ALPHA.value, 0),
     ]:
         if value is not None and value < low:
-            raise app.UsageError(f"--{name} must be at least {low}, got {value}.")
+            fail(f"--{name} must be at least {low}, got {value}.")
     if _TOKENIZED_LOWERCASE.value and _REFERENCE.value is None:
-        raise app.UsageError("--tokenized_lowercase needs --reference=FILE.")
+        fail("--tokenized_lowercase needs --reference=FILE.")
 
 
 def restore() -> restoring.Restored:
@@ -137,7 +135,7 @@ def restore() -> restoring.Restored:
         try:
             shape = [int(size) for size in _MESH_SHAPE.value]
         except ValueError:
-            raise app.UsageError(f"--mesh_shape takes integers, got {_MESH_SHAPE.value}.") from None
+            fail(f"--mesh_shape takes integers, e.g. 1,1,-1; got {_MESH_SHAPE.value}.")
         mesh = partitioning.make_mesh(shape, jax.local_devices())
     restored = restoring.restore_for_translation(
         _WORKDIR.value or _CHECKPOINT.value,
@@ -303,7 +301,7 @@ def print_scores(outputs: list[str], references: list[str]) -> None:
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        fail(f"Unexpected arguments: {' '.join(argv[1:])}")
     check_flags()
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)

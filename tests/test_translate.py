@@ -232,6 +232,7 @@ def test_bad_inputs_are_one_line_errors_saying_what_to_do(workdir, tmp_path):
     checkpoint = f"--workdir={workdir}"
     cases = {
         "No checkpoint found at": ([f"--workdir={tmp_path / 'empty'}"], b""),
+        "--beam_size must be at least 1, got 0": ([checkpoint, "--beam_size=0"], b""),
         "does not fit the model config: decoder/layer_0/feed_forward/wi/bias is (64,) in the "
         "checkpoint but (128,)": (
             [checkpoint, f"--config={train_runner.TINY_CONFIG}", "--config.model.d_ff=128"],

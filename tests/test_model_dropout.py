@@ -49,3 +49,15 @@ def test_dropout_module():
     assert (
         np.asarray(Dropout(1.0).apply({}, x, False, rngs={"dropout": jax.random.key(0)})) == 0
     ).all()
+
+
+def test_masks_do_not_depend_on_sharding():
+    devices = np.array(jax.devices()[:8]).reshape(4, 2)
+    mesh = jax.sharding.Mesh(devices, ("rows", "features"))
+    sharding = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec("rows", None, "features")
+    )
+    sharded = jax.jit(lambda s: keep_mask(s, SHAPE, 0.1), out_shardings=sharding)(jnp.uint32(3))
+    np.testing.assert_array_equal(
+        np.asarray(sharded), np.asarray(keep_mask(jnp.uint32(3), SHAPE, 0.1))
+    )

@@ -13,6 +13,7 @@ from flax import linen as nn
 
 from model.config import TransformerConfig
 from model.dropout import keep_mask, random_seed
+from model.matmul import project
 
 Array = jax.Array
 
@@ -111,19 +112,19 @@ class MultiHeadAttention(nn.Module):
         # Batch and length stay in front (as in x), so the product is a plain
         # [tokens, embed] x [embed, 3 * heads * head_dim] matmul: an output ordered (q/k/v,
         # batch, ...) made XLA:CPU transpose the kernel and its gradient every step.
-        qkv = jnp.einsum("ble,etnh->bltnh", x, self._cast(self.qkv_kernel))
+        qkv = project(x, self._cast(self.qkv_kernel))  # [batch, length, 3, heads, head_dim]
         qkv = nn.with_logical_constraint(qkv, ("batch", "length", None, "heads", "kv"))
         q, k, v = jnp.unstack(qkv, axis=2)
         return q, k, v
 
     def project_query(self, x: Array) -> Array:
         """x [batch, length, embed] -> q [batch, length, heads, head_dim] (cross-attention)."""
-        q = jnp.einsum("ble,enh->blnh", x, self._cast(self.q_kernel))
+        q = project(x, self._cast(self.q_kernel))  # [batch, length, heads, head_dim]
         return nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
 
     def project_key_value(self, memory: Array) -> tuple[Array, Array]:
         """memory [batch, length, embed] -> k, v [batch, length, heads, head_dim]."""
-        kv = jnp.einsum("ble,etnh->bltnh", memory, self._cast(self.kv_kernel))
+        kv = project(memory, self._cast(self.kv_kernel))  # [batch, length, 2, heads, head_dim]
         kv = nn.with_logical_constraint(kv, ("batch", "length", None, "heads", "kv"))
         k, v = jnp.unstack(kv, axis=2)
         return k, v
@@ -160,7 +161,7 @@ class MultiHeadAttention(nn.Module):
             self.sow("intermediates", "attention_weights", weights)
         out = out.reshape(batch, q_len, *out.shape[2:])
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-        y = jnp.einsum("blnh,nhe->ble", out, self._cast(self.out_kernel))
+        y = project(out, self._cast(self.out_kernel), num_contracting=2)  # [batch, q_len, embed]
         return nn.with_logical_constraint(y, ("batch", "length", "embed"))
 
     def __call__(

@@ -15,6 +15,7 @@ from flax import linen as nn
 from model.attention import MultiHeadAttention
 from model.config import TransformerConfig
 from model.dropout import Dropout
+from model.matmul import dense_dot_general
 
 Array = jax.Array
 
@@ -46,6 +47,7 @@ class FeedForward(nn.Module):
             param_dtype=cfg.parameter_dtype,
             kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), names),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]),
+            dot_general=dense_dot_general,
             name=name,
         )
         h = nn.relu(dense(cfg.d_ff, ("embed", "mlp"), "wi")(x))  # [batch, length, mlp]

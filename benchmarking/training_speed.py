@@ -47,12 +47,13 @@ def benchmark_training(
     peak: Peak,
 ) -> tuple[dict[str, Any], Any]:
     """Times `steps` train steps (after the compiling call and `warmup_steps` more) cycling
-    through `batches` ([config.batch_size, length] host arrays, as the input pipeline gives).
+    through `batches` (this process's rows of [config.batch_size, length] global batches, as
+    the input pipeline gives them).
 
     Returns (figures, trained parameters) — the parameters serve the decoding benchmark.
     """
     mesh = partitioning.make_mesh(config.mesh_shape)
-    rows, length = batches[0]["targets"].shape
+    rows, length = config.batch_size, batches[0]["targets"].shape[1]  # global batch shape
     shards = partitioning.batch_axis_size(mesh)
     if rows % shards:
         raise ValueError(

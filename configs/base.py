@@ -57,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.share_embeddings = True  # source and target share one embedding table
     model.tie_output_projection = True  # softmax weights = embedding table (paper)
     model.layer_norm_epsilon = 1e-6  # LayerNorm epsilon
-    model.dtype = "float32"  # compute: 'float32', 'bfloat16', or 'auto' (train.py: bf16 on GPU/TPU)
+    model.dtype = "auto"  # compute: 'auto' = bfloat16 on GPU/TPU, float32 on CPU; or explicit
     model.param_dtype = "float32"  # parameter storage dtype
     model.remat = False  # recompute layer activations in backward (saves memory)
     model.attention_implementation = "xla"  # 'cudnn': fused attention on NVIDIA GPUs (bf16)

@@ -17,7 +17,10 @@ from model.transformer import Transformer
 
 def parameter_shapes(model_config: Mapping[str, Any]) -> dict[str, Any]:
     """The parameter tree of `Transformer` as ShapeDtypeStructs (no memory is used)."""
-    cfg = TransformerConfig.from_mapping(model_config)
+    fields = dict(model_config)
+    if fields.get("dtype") == "auto":  # resolved per platform by training; counts ignore it
+        fields["dtype"] = "float32"
+    cfg = TransformerConfig.from_mapping(fields)
     tokens = jnp.ones((1, 8), jnp.int32)
     abstract = jax.eval_shape(
         lambda: Transformer(cfg).init(jax.random.key(0), tokens, tokens)["params"]

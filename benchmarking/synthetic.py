@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from data.streams import TRAIN_KEYS
+
 FIRST_TOKEN_ID = 2  # ids 0 (padding / begin) and 1 (end of sentence) are never drawn
 
 
@@ -51,17 +53,7 @@ def packed_batch(
         raise ValueError(f"vocab_size must exceed {FIRST_TOKEN_ID}, got {vocab_size}.")
     filled = max(1, round(fill_rate * length))
     num_segments = max(1, min(filled, round(filled / mean_example_length)))
-    batch = {
-        key: np.zeros((batch_size, length), np.int32)
-        for key in (
-            "inputs",
-            "targets",
-            "inputs_positions",
-            "targets_positions",
-            "inputs_segment_ids",
-            "targets_segment_ids",
-        )
-    }
+    batch = {key: np.zeros((batch_size, length), np.int32) for key in TRAIN_KEYS}
     for row in range(batch_size):
         for side in ("inputs", "targets"):
             lengths = _segment_lengths(rng, filled, num_segments)

@@ -14,6 +14,7 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
+from data.streams import TRAIN_KEYS
 from model import Transformer
 from training import partitioning
 from training.loss import loss_sums
@@ -23,14 +24,7 @@ Batch = dict[str, jax.Array]
 TrainStep = Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
 EvalStep = Callable[[jax.Array, Batch], dict[str, jax.Array]]
 
-BATCH_KEYS = (
-    "inputs",
-    "targets",
-    "inputs_positions",
-    "targets_positions",
-    "inputs_segment_ids",
-    "targets_segment_ids",
-)
+BATCH_KEYS = TRAIN_KEYS  # what the input pipeline yields and the model consumes
 
 
 def _forward(

@@ -45,18 +45,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.relu_dropout_rate = 0.1  # dropout in the feed-forward layer, same reason
 
     config.batch_size = 64  # rows of 64 tokens: ~3.8k target tokens per step, ~125 steps/epoch
-    config.num_train_steps = 4000  # about 30 epochs
+    config.num_train_steps = 5000  # about 40 epochs; ~75 min on a 2-core CPU
     config.learning_rate = 1.0  # rsqrt schedule multiplier: peak ~2e-3 for d_model 256
-    config.warmup_steps = 1000  # a quarter of the run
+    config.warmup_steps = 1000  # a fifth of the run
     config.label_smoothing = 0.1  # paper value
     config.log_every_steps = 50  # progress line period
     config.eval_every_steps = 500  # validation loss and BLEU period
     config.eval_batch_size = 64  # rows per evaluation batch
     config.num_bleu_examples = -1  # the whole validation set (1,014 sentences)
-    config.checkpoint_every_steps = 500  # save period
-    config.keep_checkpoints = 5  # newest kept (enough to average the last 5)
-    config.decode.beam_size = 4  # paper beam
-    config.decode.alpha = 0.6  # paper length penalty
+    config.checkpoint_every_steps = 250  # save period: ~2 epochs, for averaging the last few
+    config.keep_checkpoints = 10  # newest kept: average the last 5-10 (last 1250-2500 steps)
+    config.decode.beam_size = 5  # chosen on val (beam 4 and 5 within 0.1 BLEU)
+    config.decode.alpha = 1.0  # chosen on val: 0.6 made outputs short (BP 0.95)
     config.decode.max_extra_length = 20  # captions: output about as long as the input
     config.decode.batch_size = 64  # sentences per decoding batch
     return config

@@ -1,9 +1,10 @@
 """Training's pure parts against independent references: the label-smoothed loss against a
 float64 numpy formula, the learning-rate schedule against the paper's formula, the config checks,
-and the mesh-shape arithmetic."""
+the mesh-shape arithmetic and the logged gradient norm."""
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from training import configuration, partitioning
 from training.errors import ConfigError
 from training.loss import loss_sums, summarize
 from training.state import learning_rate_schedule
+from training.steps import gradient_norm
 
 
 def numpy_smoothed_loss(logits, targets, smoothing):
@@ -142,3 +144,19 @@ def test_mesh_shape_minus_one_takes_the_rest():
     for bad in [(3, -1, 1), (-1, -1, 1), (2, 2, 1), (8, 1)]:
         with pytest.raises(ConfigError):
             partitioning.resolve_mesh_shape(bad, 8)
+
+
+def test_gradient_norm_is_the_global_l2_norm():
+    """The train step's logged gradient norm (computed through an optimization barrier on CPU)
+    against float64 NumPy, on a pytree of mixed shapes."""
+    rng = np.random.default_rng(3)
+    grads = {
+        "kernel": rng.normal(size=(64, 3, 8)).astype(np.float32),
+        "bias": rng.normal(size=(17,)).astype(np.float32) * 1e-3,
+        "layers": [rng.normal(size=(5, 5)).astype(np.float32) * 10.0],
+    }
+    expected = math.sqrt(
+        sum(float(np.sum(np.asarray(g, np.float64) ** 2)) for g in jax.tree.leaves(grads))
+    )
+    actual = float(jax.jit(gradient_norm)(grads))
+    assert actual == pytest.approx(expected, rel=1e-6)

@@ -26,6 +26,24 @@ EvalStep = Callable[[jax.Array, Batch], dict[str, jax.Array]]
 
 BATCH_KEYS = TRAIN_KEYS  # what the input pipeline yields and the model consumes
 
+# XLA:CPU options for the train step. With the state donated, the default copy insertion
+# copied every layer's parameters at the start of each step (176 MB per step for the base
+# model); region analysis proves those copies unnecessary and drops them.
+_CPU_TRAIN_STEP_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+
+
+def gradient_norm(grads) -> jax.Array:
+    """Global L2 norm of the gradients (logged as train/grad_norm).
+
+    On CPU the gradients pass through an optimization barrier first: otherwise XLA:CPU
+    computes g² once, writes it out (one pass over all parameters) and reads it back for both
+    this norm and Adam's second moment, instead of squaring in place inside each fusion.
+    Accelerator compilers fuse both consumers, so they get the plain norm.
+    """
+    if jax.default_backend() == "cpu":
+        grads = jax.lax.optimization_barrier(grads)
+    return optax.tree.norm(grads)
+
 
 def _forward(
     model: Transformer, params, batch: Batch, deterministic: bool, dropout_rng=None
@@ -75,7 +93,7 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         sums = {
             **sums,
-            "grad_norm_sum": optax.tree.norm(grads),
+            "grad_norm_sum": gradient_norm(grads),
             "steps": jnp.ones((), jnp.float32),
         }
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), sums
@@ -85,6 +103,9 @@ def make_train_step(
         in_shardings=(shardings, partitioning.batch_sharding(mesh)),
         out_shardings=(shardings, partitioning.replicated(mesh)),
         donate_argnums=(0,),
+        compiler_options=(
+            _CPU_TRAIN_STEP_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+        ),
     )
 
     def run(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:

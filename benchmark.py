@@ -10,6 +10,11 @@ Batches are synthetic packed rows (--fill_rate of each row carries tokens) or, w
 
 from __future__ import annotations
 
+from training.host_memory import use_huge_pages
+
+if __name__ == "__main__":
+    use_huge_pages()  # before JAX loads: may re-execute this program (training/host_memory.py)
+
 import contextlib
 from collections.abc import Sequence
 

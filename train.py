@@ -8,6 +8,11 @@ on TPU VMs and SLURM, where JAX finds the cluster itself. See training/loop.py.
 
 from __future__ import annotations
 
+from training.host_memory import use_huge_pages
+
+if __name__ == "__main__":
+    use_huge_pages()  # before JAX loads: may re-execute this program (training/host_memory.py)
+
 import contextlib
 import logging as pylogging
 import sys

@@ -16,6 +16,11 @@ onto this host's first device, or sharded over all local devices with --mesh_sha
 
 from __future__ import annotations
 
+from training.host_memory import use_huge_pages
+
+if __name__ == "__main__":
+    use_huge_pages()  # before JAX loads: may re-execute this program (training/host_memory.py)
+
 import contextlib
 import io
 import sys

@@ -38,7 +38,7 @@ def gradient_norm(grads) -> jax.Array:
     On CPU the gradients pass through an optimization barrier first: otherwise XLA:CPU
     computes g² once, writes it out (one pass over all parameters) and reads it back for both
     this norm and Adam's second moment, instead of squaring in place inside each fusion.
-    Accelerator compilers fuse both consumers, so they get the plain norm.
+    Accelerators get the plain norm: their compilers fuse differently (unmeasured there).
     """
     if jax.default_backend() == "cpu":
         grads = jax.lax.optimization_barrier(grads)

@@ -122,12 +122,6 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         self._state = self._batches.get_state()
 
     def _check_signature(self, saved: dict[str, Any]) -> None:
-        if saved["virtual_shards"] != self._batches.num_shards:
-            raise DataError(
-                f"the training data position was saved with data.virtual_shards="
-                f"{saved['virtual_shards']}, now {self._batches.num_shards}; set "
-                f"--config.data.virtual_shards={saved['virtual_shards']} to continue it"
-            )
         mismatched = {
             key: (saved.get(key), value)
             for key, value in self._signature.items()
@@ -136,6 +130,12 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         if mismatched:
             details = ", ".join(f"{k}: saved {s!r}, now {n!r}" for k, (s, n) in mismatched.items())
             raise DataError(f"cannot restore the training data position: {details}")
+        if saved["virtual_shards"] != self._batches.num_shards:
+            raise DataError(
+                f"the training data position was saved with data.virtual_shards="
+                f"{saved['virtual_shards']}, now {self._batches.num_shards}; set "
+                f"--config.data.virtual_shards={saved['virtual_shards']} to continue it"
+            )
 
     def close(self) -> None:
         """Stops the prefetch thread (it is a daemon thread, so exiting without this is fine)."""

@@ -195,7 +195,7 @@ def train_iterator(
     shards = owned_shards(num_shards, process_index, process_count)
     ids = token_ids.training_token_ids(data, tokenizer)
     longest = np.maximum(ids.lengths["inputs"], ids.lengths["targets"])
-    fitting = np.flatnonzero(longest <= data.max_length)
+    fitting = np.flatnonzero(longest <= data.max_length).astype(np.int32)  # an index: 4 B each
     if len(fitting) < ids.num_examples:
         logging.info(
             "%d of %d training examples are longer than max_length=%d tokens and never used",

@@ -343,3 +343,26 @@ def test_two_real_processes_assemble_the_same_global_batches(config, tokenizer, 
             p.kill()
     assert all(p.returncode == 0 for p in processes), "\n".join(log[-3000:] for log in logs)
     assert json.loads(out.read_text()) == expected
+
+
+def test_checkpoint_hands_every_hosts_state_to_a_run_on_another_host_count(
+    config, tokenizer, tmp_path
+):
+    """training/checkpointing.py's per-process JSON item, read back by this 1-process run from
+    a checkpoint written by 2 processes, resumes the iterator exactly."""
+    from etils import epath
+
+    from training.checkpointing import ProcessJsonHandler
+
+    iterators = hosts(config, tokenizer, 2)
+    global_batches(iterators, 7)
+    for index, it in enumerate(iterators):
+        (tmp_path / f"process_{index}-of-2.json").write_text(json.dumps(it.get_state()))
+    expected = [digest(b) for b in global_batches(iterators, 5)]
+    restored = ProcessJsonHandler().restore(epath.Path(tmp_path))
+    assert [len(s["shards"]) for s in restored] == [2, 2]
+    [one] = hosts(config, tokenizer, 1)
+    one.set_state(restored)
+    assert [digest(b) for b in global_batches([one], 5)] == expected
+    (tmp_path / "process_0-of-1.json").write_text(json.dumps(one.get_state()))
+    assert ProcessJsonHandler().restore(epath.Path(tmp_path)) == one.get_state()

@@ -86,15 +86,17 @@ class ShardedBatches:
         self.max_length, self.pack = max_length, pack
         self.positions = {v: (0, 0) for v in shards}  # shard -> (epoch, next row in it)
         self.batches = 0  # global batches produced so far
-        self._orders: dict[int, np.ndarray] = {}  # epoch -> its order (the last two kept)
+        self._orders: dict[int, np.ndarray] = {}  # epoch -> its order, for epochs in use
         self._plans: dict[int, tuple[int, EpochPlan]] = {}  # shard -> (epoch, its plan)
 
     def _order(self, epoch: int) -> np.ndarray:
+        """Epoch `epoch`'s order of the fitting examples (kept while a shard is in it)."""
         if epoch not in self._orders:
             rng = np.random.default_rng([self.seed, epoch])
             self._orders[epoch] = self.fitting[rng.permutation(len(self.fitting))]
-            for old in [e for e in self._orders if e < epoch - 1]:
-                del self._orders[old]
+            in_use = {e for e, _ in self.positions.values()} | {epoch}
+            for unused in set(self._orders) - in_use:
+                del self._orders[unused]
         return self._orders[epoch]
 
     def plan(self, shard: int, epoch: int) -> EpochPlan:

@@ -11,16 +11,18 @@ and renamed into place.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 from pathlib import Path
 
 import ctranslate2
-import numpy as np
 import sentencepiece as spm
 from ctranslate2.specs.model_spec import ACCEPTED_MODEL_TYPES
 
+from data.special_tokens import PAD_ID
+from decoding.settings import DecodeSettings, max_input_length
 from exporting.converter import FlaxTransformerConverter
 from exporting.options import translate_options
 from training.restoring import Restored
@@ -99,27 +101,23 @@ def export_info(restored: Restored, quantization: str | None, pieces: list[str])
     """What export.json records: the source checkpoint(s), the positions the model has, and
     the translate_batch options that decode as translate.py with config.decode does."""
     max_length = restored.model.config.max_length
-    max_input_length = min(restored.config.data.max_predict_length, max_length)
-    decode = restored.config.decode
+    settings = DecodeSettings.from_config(restored.config.decode)
     return {
         "checkpoints_dir": str(restored.checkpoints_dir),
         "steps": list(restored.steps),  # one step, or those averaged
         "quantization": quantization or "float32",
         "ctranslate2_version": ctranslate2.__version__,
         "max_length": max_length,  # positions: source tokens with EOS, decoder steps
-        "max_extra_length": _plain(decode.max_extra_length),  # see options.decoding_length
+        "max_input_length": max_input_length(restored.config),
+        "decode": dataclasses.asdict(settings),  # exporting.ExportedTranslator's default
+        # For translate_batch called directly: decodes as translate.py, within the positions.
         "translate_options": translate_options(
-            pieces,
-            beam_size=_plain(decode.beam_size),
-            alpha=_plain(decode.alpha),
-            max_input_length=max_input_length,
+            pieces[PAD_ID],
+            settings,
+            max_input_length=max_input_length(restored.config),
             max_decoding_length=max_length,
         ),
     }
-
-
-def _plain(value):
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def _replace_dir(new: Path, target: Path) -> None:

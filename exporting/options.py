@@ -14,27 +14,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from data.tokenizer import PAD_ID
+from decoding.settings import DecodeSettings
 
 
 def translate_options(
-    vocabulary: Sequence[str],
+    pad_piece: str,
+    settings: DecodeSettings,
     *,
-    beam_size: int,
-    alpha: float,
     max_input_length: int,
     max_decoding_length: int,
 ) -> dict[str, Any]:
-    """Keyword arguments of `translate_batch`. `max_input_length` counts the source's EOS
-    (translate.py: min(config.data.max_predict_length, max_length)); `max_decoding_length`
-    is at most the model's max_length (see `decoding_length`)."""
+    """Keyword arguments of `translate_batch` for `settings` (greedy or beam search with its
+    beam size and alpha; max_extra_length and batch_size are the caller's: see
+    `decoding_length`). `max_input_length` counts the source's EOS (translate.py:
+    decoding.settings.max_input_length(config)); `max_decoding_length` is at most the model's
+    max_length."""
     return {
-        "beam_size": beam_size,
-        "length_penalty": alpha,  # the nearest CTranslate2 has to our GNMT penalty
+        "beam_size": settings.beam_size,
+        "length_penalty": settings.alpha,  # the nearest CTranslate2 has to our GNMT penalty
         "max_input_length": max_input_length,
         "max_decoding_length": max_decoding_length,
         "min_decoding_length": 0,  # EOS may come first, as in our searches
-        "suppress_sequences": [[vocabulary[PAD_ID]]],  # padding is never an output
+        "suppress_sequences": [[pad_piece]],  # padding (id 0) is never an output
     }
 
 

@@ -12,6 +12,7 @@ model against translate.py on its test split: tests/test_export_default.py, slow
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -30,8 +31,9 @@ ctranslate2 = pytest.importorskip(
 )
 
 import exporting  # noqa: E402  (needs ctranslate2)
+from data.special_tokens import EOS_ID  # noqa: E402
 from decoding import translate_texts, translate_tokens  # noqa: E402
-from decoding.cached_model import EOS_ID  # noqa: E402
+from decoding.settings import DecodeSettings  # noqa: E402
 from exporting.converter import FlaxTransformerConverter  # noqa: E402
 from model import Transformer, TransformerConfig  # noqa: E402
 from tests import train_runner  # noqa: E402
@@ -41,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 VOCAB = ["<pad>", "</s>", "<unk>"] + [f"w{i}" for i in range(3, 48)]
 MAX_LENGTH = 16
 TOLERANCE = 1e-4  # float32, as the issue asks
+GREEDY = DecodeSettings(strategy="greedy", beam_size=1)
 VARIANTS = {
     "post-LN": {},
     "pre-LN": {"norm_position": "pre"},
@@ -159,7 +162,7 @@ def test_greedy_decoding_gives_our_tokens(variant, tmp_path):
     limit = 12
     ours = our_greedy(model, params, sources, limit)
     options = exporting.translate_options(
-        VOCAB, beam_size=1, alpha=0.0, max_input_length=MAX_LENGTH, max_decoding_length=limit
+        VOCAB[0], GREEDY, max_input_length=MAX_LENGTH, max_decoding_length=limit
     )
     results = translator.translate_batch([pieces(s) for s in sources], **options)
     theirs = [[VOCAB.index(piece) for piece in r.hypotheses[0]] for r in results]
@@ -196,7 +199,10 @@ def test_int8_export_translates(tmp_path):
     assert size["int8"] < 0.6 * size["float32"], size
     sources = [pieces(s) for s in random_sentences(np.random.default_rng(3), 8, 12)]
     options = exporting.translate_options(
-        VOCAB, beam_size=2, alpha=1.0, max_input_length=MAX_LENGTH, max_decoding_length=12
+        VOCAB[0],
+        DecodeSettings(beam_size=2, alpha=1.0),
+        max_input_length=MAX_LENGTH,
+        max_decoding_length=12,
     )
     outputs = int8.translate_batch(sources, **options)
     assert len(outputs) == len(sources) and all(r.hypotheses[0] for r in outputs)
@@ -317,10 +323,12 @@ def test_exported_checkpoint_translates_like_translate_texts(sharp_checkpoint, t
         restored.params,
         restored.tokenizer,
         LINES,
-        beam_size=1,
-        alpha=0.0,
-        max_extra_length=info["max_extra_length"],
-        batch_size=4,
+        DecodeSettings(
+            strategy="greedy",
+            beam_size=1,
+            max_extra_length=info["decode"]["max_extra_length"],
+            batch_size=4,
+        ),
         max_input_length=max_input_length,
     )
 
@@ -332,7 +340,7 @@ def test_exported_checkpoint_translates_like_translate_texts(sharp_checkpoint, t
         options = dict(info["translate_options"], beam_size=1)
         options["max_decoding_length"] = exporting.decoding_length(
             [pieces],
-            max_extra_length=info["max_extra_length"],
+            max_extra_length=info["decode"]["max_extra_length"],
             max_input_length=max_input_length,
             max_length=info["max_length"],
         )
@@ -340,6 +348,11 @@ def test_exported_checkpoint_translates_like_translate_texts(sharp_checkpoint, t
         theirs.append(sp.decode(result.hypotheses[0]))
     assert theirs == ours
     assert len(set(ours)) >= 3, ours
+    # The same through ExportedTranslator, with a blank line. One sentence per batch: this
+    # random model never ends a sentence, and CTranslate2's length limit is per batch.
+    exported = exporting.ExportedTranslator(output)
+    greedy = dataclasses.replace(exported.settings, strategy="greedy", beam_size=1, batch_size=1)
+    assert exported.translate(["", *LINES], greedy) == ["", *ours]
 
 
 def test_bad_input_is_a_one_line_error(sharp_checkpoint, tmp_path):

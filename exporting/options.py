@@ -5,8 +5,9 @@ score / length^1 (ours: config.decode.beam_size, GNMT ((5 + length) / 6)^alpha),
 output token (ours may end at once), padding allowed as an output (ours never emits it),
 inputs up to 1024 tokens and outputs up to 256 (ours: the model's max_length positions; past
 them CTranslate2 raises "No position encodings are defined for positions >= max_length").
-Greedy search with these options gives our tokens exactly; beam search still differs in the
-length penalty, which CTranslate2 cannot express (docs/export.md).
+Greedy search with these options gives our tokens exactly (with one output length limit per
+batch, see `decoding_length`); beam search still differs in the length penalty, which
+CTranslate2 cannot express (docs/export.md).
 """
 
 from __future__ import annotations

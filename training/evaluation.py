@@ -2,7 +2,8 @@
 
 Loss and accuracy are teacher-forced over padded validation batches (all hosts take part,
 each with its slice of every batch). BLEU decodes the first `num_bleu_examples` validation
-sentences with `decoding.translate_texts` (beam size and length penalty from config.decode)
+sentences with `decoding.translate_texts` (beam size and length penalty from config.decode),
+each decoding batch split over the mesh's batch axes and the hosts as training batches are,
 and scores them against the references with sacreBLEU's corpus BLEU; exact match (the share
 of outputs equal to their reference) is reported with it.
 """
@@ -49,9 +50,13 @@ def translate(
     sources: Sequence[str],
     decode_config: Any,
     max_input_length: int,
+    mesh: Mesh | None = None,
 ) -> list[str]:
-    """Translations of `sources` with the beam size, length penalty, length margin and batch
-    size of `decode_config` (config.decode)."""
+    """Translations of `sources` with the beam size, length penalty and length margin of
+    `decode_config` (config.decode), in batches of its batch size. Given a `mesh`, each batch
+    (its size rounded up to a multiple of the mesh's batch shards) is split over those shards
+    and the hosts; every host calls this with the same sources."""
+    ways = 1 if mesh is None else partitioning.batch_axis_size(mesh)
     return translate_texts(
         model,
         params,
@@ -60,8 +65,9 @@ def translate(
         beam_size=decode_config.beam_size,
         alpha=decode_config.alpha,
         max_extra_length=decode_config.max_extra_length,
-        batch_size=decode_config.batch_size,
+        batch_size=-(-decode_config.batch_size // ways) * ways,
         max_input_length=max_input_length,
+        rows=None if mesh is None else partitioning.batch_sharding(mesh),
     )
 
 
@@ -131,6 +137,7 @@ class Evaluator:
             [s for s, _ in self.decoded_pairs],
             config.decode,
             config.data.max_predict_length,
+            self.mesh,
         )
         if config.num_bleu_examples != 0:
             references = [t for _, t in self.decoded_pairs]

@@ -1,12 +1,14 @@
 """How long a training run takes from SIGTERM to exit (its preemption checkpoint written).
 
     python -m benchmarking.preemption --config=configs/default.py \
-        --config.log_every_steps=100000 [--repeats=3] [--train_seconds=30] [--json=FILE]
+        --config.log_every_steps=100000 [--repos=OLD_CHECKOUT,.] [--repeats=3] \
+    [--train_seconds=30] [--json=FILE]
 
 Starts `train.py` in a fresh workdir, lets it train for --train_seconds after its set-up line,
 sends SIGTERM, and times the exit. Prints JSON: seconds from SIGTERM to exit per repeat, the
 step it saved, the exit code and the machine's load. --repo points at another checkout's
-train.py (e.g. an older commit) to compare, on the same prepared data.
+train.py (e.g. an older commit, from `git archive`) to compare, on the same prepared data;
+with several, the runs alternate between them.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 SETUP_LINE = "Batch: "  # training/loop.py logs it just before the first step
 
 _CONFIG = flags.DEFINE_string("config", "configs/default.py", "Config file for train.py.")
-_REPO = flags.DEFINE_string("repo", str(REPO), "Checkout whose train.py runs.")
+_REPOS = flags.DEFINE_list(
+    "repos", [str(REPO)], "Checkouts whose train.py runs, taking turns (interleaved A/B)."
+)
 _REPEATS = flags.DEFINE_integer("repeats", 1, "Runs, each in a fresh workdir.")
 _TRAIN_SECONDS = flags.DEFINE_float(
     "train_seconds", 30.0, "Seconds between the set-up line and SIGTERM."
@@ -82,6 +86,7 @@ def time_one_preemption(
     checkpoints = workdir / "checkpoints"
     steps = sorted(int(p.name) for p in checkpoints.glob("*") if p.name.isdigit())
     return {
+        "load_average_1min": round(os.getloadavg()[0], 1),
         "sigterm_to_exit_s": round(exit_seconds, 2),
         "saved_step": steps[-1] if steps else None,
         "exit_code": code,
@@ -93,18 +98,19 @@ def main(argv: Sequence[str]) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         prepared = _PREPARED.value or str(Path(scratch) / "data")
         overrides = [f"--config.data.prepared_dir={prepared}", *overrides]
-        runs = [
-            time_one_preemption(
-                Path(_REPO.value),
-                _CONFIG.value,
-                overrides,
-                Path(scratch) / f"run{i}",
-                _TRAIN_SECONDS.value,
-            )
-            for i in range(_REPEATS.value)
-        ]
+        runs: dict[str, list] = {repo: [] for repo in _REPOS.value}
+        for i in range(_REPEATS.value):
+            for j, repo in enumerate(_REPOS.value):
+                runs[repo].append(
+                    time_one_preemption(
+                        Path(repo),
+                        _CONFIG.value,
+                        overrides,
+                        Path(scratch) / f"run{i}_{j}",
+                        _TRAIN_SECONDS.value,
+                    )
+                )
     figures = {
-        "repo": _REPO.value,
         "config": _CONFIG.value,
         "overrides": overrides,
         "train_seconds": _TRAIN_SECONDS.value,

@@ -16,6 +16,7 @@ import jax
 import ml_collections
 
 from configs import base
+from decoding.settings import DecodeSettings, DecodeSettingsError
 from model import TransformerConfig
 from training.errors import ConfigError
 from training.state import SCHEDULES
@@ -89,16 +90,11 @@ def check_lengths(config: ml_collections.ConfigDict) -> None:
 
 
 def check_decode(decode: ml_collections.ConfigDict) -> None:
-    """config.decode can be used by the evaluation's decoding."""
-    problems = {
-        "decode.beam_size must be at least 1 (1 = greedy)": decode.beam_size >= 1,
-        "decode.alpha (the length penalty's exponent) must be >= 0": decode.alpha >= 0,
-        "decode.max_extra_length must be >= 0": decode.max_extra_length >= 0,
-        "decode.batch_size must be at least 1": decode.batch_size >= 1,
-    }
-    for message, ok in problems.items():
-        if not ok:
-            raise ConfigError(f"Bad config: {message}.")
+    """config.decode makes valid DecodeSettings (the evaluation's decoding uses them)."""
+    try:
+        DecodeSettings.from_config(decode)
+    except DecodeSettingsError as error:
+        raise ConfigError(f"{error} (config.decode)") from None
 
 
 def check_attention(config: ml_collections.ConfigDict, platform: str | None = None) -> None:

@@ -10,6 +10,7 @@ of outputs equal to their reference) is reported with it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from jax.sharding import Mesh
 
 import input_pipeline
 from decoding import scoring, translate_texts
+from decoding.settings import DecodeSettings
 from model import Transformer
 from training import partitioning
 from training.loss import summarize
@@ -52,22 +54,17 @@ def translate(
     max_input_length: int,
     mesh: Mesh | None = None,
 ) -> list[str]:
-    """Translations of `sources` with the beam size, length penalty and length margin of
-    `decode_config` (config.decode), in batches of its batch size. Given a `mesh`, each batch
-    (its size rounded up to a multiple of the mesh's batch shards) is split over those shards
-    and the hosts; every host calls this with the same sources."""
-    ways = 1 if mesh is None else partitioning.batch_axis_size(mesh)
+    """Translations of `sources` with the decode settings of `decode_config` (config.decode).
+    Given a `mesh`, each batch (its size rounded up to a multiple of the mesh's batch shards)
+    is split over those shards and the hosts; every host calls this with the same sources."""
+    settings = DecodeSettings.from_config(decode_config)
+    rows = None
+    if mesh is not None:
+        ways = partitioning.batch_axis_size(mesh)
+        settings = dataclasses.replace(settings, batch_size=-(-settings.batch_size // ways) * ways)
+        rows = partitioning.batch_sharding(mesh)
     return translate_texts(
-        model,
-        params,
-        tokenizer,
-        list(sources),
-        beam_size=decode_config.beam_size,
-        alpha=decode_config.alpha,
-        max_extra_length=decode_config.max_extra_length,
-        batch_size=-(-decode_config.batch_size // ways) * ways,
-        max_input_length=max_input_length,
-        rows=None if mesh is None else partitioning.batch_sharding(mesh),
+        model, params, tokenizer, list(sources), settings, max_input_length, rows=rows
     )
 
 

@@ -36,7 +36,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 import input_pipeline
-from training import checkpointing, configuration, partitioning, workdir_lock
+from training import checkpointing, configuration, partitioning, restoring, workdir_lock
 from training import setup as training_setup
 from training import state as train_state
 from training.errors import ConfigError, TrainingDivergedError
@@ -153,14 +153,12 @@ def initial_state(
         return setup.fresh_state(), None
     check_same_model(checkpointing.saved_model_config(manager, latest), setup.config, workdir)
     abstract = train_state.abstract_train_state(setup.model, setup.optimizer)
-    state, data_state = checkpointing.restore_train_state(
-        manager, latest, abstract, setup.shardings
-    )
+    state, data_state = restoring.restore_train_state(manager, latest, abstract, setup.shardings)
     logging.info("Resumed from %s at step %d.", workdir / "checkpoints" / str(latest), latest)
     if data_state is None:
         logging.warning(
-            "Checkpoint %d was written by a different number of processes: the training data "
-            "restarts from the beginning instead of continuing its exact order.",
+            "Checkpoint %d holds no training data position: the training data restarts from "
+            "the beginning instead of continuing its exact order.",
             latest,
         )
     return state, data_state

@@ -13,8 +13,8 @@
 4. benchmark.py for configs/base.py and configs/big.py in bfloat16 with
    attention_implementation='auto' (cuDNN on NVIDIA GPUs, splash on TPUs) at --rows_per_device
    rows of --length tokens per device, and base with XLA attention for comparison.
-5. The input pipeline's tokens/s on one core (scripts/pipeline_throughput.py, the embedded
-   numbers corpus), to compare with the train step's.
+5. The input pipeline's target tokens per CPU second (scripts/pipeline_throughput.py, the
+   embedded numbers corpus at the same rows), against the train step's tokens/s.
 Each step has a time limit; the whole check aims at 8 minutes on one GPU. The report holds
 every step's command, seconds, exit status and output tail, the figures, and the goals.
 
@@ -101,14 +101,15 @@ def run_step(report: dict, name: str, command: list[str], timeout: float, env=No
             returncode = process.wait()
             lines.append(f"[killed after the {timeout:.0f} s limit]\n")
         reader.join(timeout=10)
+    output = "".join(lines)
     step = {
         "command": command,
         "seconds": round(time.monotonic() - start, 1),
         "returncode": returncode,
-        "output_tail": "".join(lines)[-4000:],
+        "output_tail": output[-4000:],
     }
     report["steps"][name] = step
-    return step
+    return {**step, "output": output}
 
 
 def probe(python: str, code: str = PROBE, env=None) -> dict | None:
@@ -289,17 +290,22 @@ def junit_counts(path: Path) -> dict:
 
 
 def pipeline_figures(output: str, benchmarks: dict) -> dict:
-    """The pipeline's packed target tokens/s on one core, and how many cores' worth the
-    fastest benchmarked train step (all devices of this host) consumes."""
-    match = re.search(r"read_threads=\S+: ([\d,]+) packed target tokens/s", output)
-    if not match:
+    """The input pipeline's target tokens per CPU second (scripts/pipeline_throughput.py's
+    JSON, the last thing it prints) and how many cores' worth the fastest benchmarked train
+    step (all devices of this host) consumes."""
+    start = output.rfind("\n{\n")
+    try:
+        measured = json.loads(output[start + 1 :] if start >= 0 else output)
+        one_host = measured["throughput_one_host"][0]
+    except (ValueError, KeyError, IndexError):
         return {}
-    per_core = float(match.group(1).replace(",", ""))
+    per_cpu_s = one_host["host_target_tokens_per_cpu_s"]
     consumed = max((b.get("nonpad_tokens_per_s", 0) for b in benchmarks.values()), default=0)
     return {
-        "target_tokens_per_s_one_core": per_core,
+        "target_tokens_per_cpu_s": per_cpu_s,
+        "target_tokens_per_wall_s": one_host["host_target_tokens_per_wall_s"],
         "fastest_train_nonpad_tokens_per_s": consumed,
-        "cores_needed": consumed / per_core if per_core else None,
+        "cores_needed": consumed / per_cpu_s if per_cpu_s else None,
         "host_cores": os.cpu_count(),
     }
 
@@ -454,24 +460,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             ok = False
     if args.pipeline:
-        step = run_step(
-            report,
-            "input_pipeline",
-            [
-                venv_python(args.venv),
-                "scripts/pipeline_throughput.py",
-                "--config=configs/default.py",
-                f"--config.data.max_length={args.length}",
-                f"--config.batch_size={args.rows_per_device}",
-                "--read_threads=1",
-                "--num_batches=50",
-                f"--workdir={report_dir / 'pipeline'}",
-            ],
-            timeout=180,
-            env=env,
-        )
+        step = run_step(report, "input_pipeline", [
+            venv_python(args.venv), "scripts/pipeline_throughput.py", "--config=configs/default.py",
+            f"--batch_size={args.rows_per_device}", f"--max_length={args.length}",
+            "--rounds=1", "--process_counts=1", "--shard_counts=0", "--num_batches=50",
+            f"--workdir={report_dir / 'pipeline'}", f"--prepared_dir={report_dir / 'data'}",
+        ], timeout=180, env=env)  # fmt: skip
         ok &= step["returncode"] == 0
-        report["input_pipeline"] = pipeline_figures(step["output_tail"], report["benchmarks"])
+        report["input_pipeline"] = pipeline_figures(step.pop("output"), report["benchmarks"])
     report["goals"] = goals(report["benchmarks"])
     return finish(report, args.report, started, ok)
 

@@ -8,6 +8,7 @@ wheelhouse's list leaves JAX, CUDA and the host's stack out and keeps what the p
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -126,7 +127,7 @@ def test_a_step_past_its_time_limit_is_killed_and_recorded():
     report = {"steps": {}}
     step = check.run_step(report, "sleep", [sys.executable, "-c", "import time; time.sleep(60)"], 1)
     assert step["returncode"] != 0 and "killed after the 1 s limit" in step["output_tail"]
-    assert report["steps"]["sleep"] is step
+    assert report["steps"]["sleep"]["returncode"] == step["returncode"]
 
 
 def test_goals_and_test_counts_in_the_report(tmp_path):
@@ -142,11 +143,14 @@ def test_goals_and_test_counts_in_the_report(tmp_path):
     assert counts == {
         "tests": 3, "failures": 1, "errors": 0, "skipped": 1, "skip_reasons": ["needs a GPU"],
     }  # fmt: skip
-    figures = check.pipeline_figures(
-        "read_threads=1: 1,200,000 packed target tokens/s (non-pad 0.9)",
-        {"base": {"nonpad_tokens_per_s": 600_000.0}},
-    )
-    assert figures["cores_needed"] == 0.5
+    measured = {
+        "throughput_one_host": [
+            {"host_target_tokens_per_cpu_s": 1.2e6, "host_target_tokens_per_wall_s": 1.1e6}
+        ]
+    }
+    output = "load average 1.0; throughput, one host\n" + json.dumps(measured, indent=1)
+    figures = check.pipeline_figures(output, {"base": {"nonpad_tokens_per_s": 600_000.0}})
+    assert figures["cores_needed"] == 0.5 and figures["target_tokens_per_wall_s"] == 1.1e6
 
 
 def test_the_wheelhouse_has_the_project_but_not_jax_cuda_or_the_host_stack():

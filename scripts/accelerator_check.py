@@ -4,8 +4,9 @@
         [--wheelhouse=wheelhouse] [--venv=.venv-accelerator] [--dry-run]
 
 1. Environment. If the host's Python already has a JAX that sees a GPU or TPU, it is kept: a
-   venv with the host's site-packages gets the project and what is missing, from the
-   wheelhouse (`make wheelhouse`, no index: the host may be offline) or else from the index.
+   venv that sees the host's site-packages (a .pth file) gets the project and what is
+   missing, from the wheelhouse (`make wheelhouse`, no index: the host may be offline) or else
+   from the index; `pip check` is recorded.
    Otherwise, if `nvidia-smi` or /dev/accel* shows hardware, a fresh venv gets the matching
    extra (cuda12, cuda13 or tpu; from the index) at the versions of constraints.txt.
 2. Devices and versions (jax.print_environment_info, packages).
@@ -168,27 +169,21 @@ def install_commands(args, host_has_accelerator: bool, extra: str | None) -> lis
     python = venv_python(args.venv)
     wheelhouse = Path(args.wheelhouse)
     if host_has_accelerator:
-        commands = [[args.python, "-m", "venv", "--system-site-packages", str(args.venv)]]
+        commands = [
+            [args.python, "-m", "venv", str(args.venv)],
+            # The host's packages stay visible (after the venv's own), even when the host's
+            # Python is itself a venv, which `venv --system-site-packages` would not see into.
+            [args.python, str(Path(__file__)), "--link-site-packages", str(args.venv)],
+        ]
         if wheelhouse.is_dir() and any(wheelhouse.glob("*.whl")):
-            # The host's own packages stay; only what it lacks comes from the wheelhouse.
+            # Only what the host lacks comes from the wheelhouse; its versions of the rest stay.
             commands.append(
                 [python, str(Path(__file__)), "--install-missing-from", str(wheelhouse)]
             )
             commands.append(
-                [
-                    python,
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--no-index",
-                    "--no-deps",
-                    "--no-build-isolation",
-                    "-e",
-                    str(REPO),
-                ]
-            )
-            commands.append([python, "-m", "pip", "check"])
+                [python, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
+                 "--no-build-isolation", "-e", str(REPO)]
+            )  # fmt: skip
         else:
             commands.append([python, "-m", "pip", "install", "--quiet", "-e", str(REPO), "pytest"])
         return commands
@@ -208,6 +203,21 @@ def install_commands(args, host_has_accelerator: bool, extra: str | None) -> lis
             "pytest",
         ],
     ]
+
+
+def link_site_packages(venv: Path) -> None:
+    """Makes this Python's site-packages (and user site) visible to `venv`, after its own, by a
+    .pth file: how the host's JAX stack is used without copying or changing it."""
+    import site
+    import sysconfig
+
+    host_dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    host_dirs += [sysconfig.get_path("purelib"), sysconfig.get_path("platlib")]
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    target = venv / "lib" / version / "site-packages" / "_host_site_packages.pth"
+    unique = [d for i, d in enumerate(host_dirs) if d not in host_dirs[:i] and Path(d).is_dir()]
+    target.write_text("".join(f"{directory}\n" for directory in unique))
+    print(f"{target}: {unique}")
 
 
 def install_missing_from(wheelhouse: Path) -> None:
@@ -365,6 +375,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dry-run", action="store_true", help="print what would run on this host, run nothing"
     )
     parser.add_argument("--install-missing-from", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--link-site-packages", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -381,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.install_missing_from:
         install_missing_from(args.install_missing_from)
+        return 0
+    if args.link_site_packages:
+        link_site_packages(args.link_site_packages)
         return 0
     started = time.monotonic()
     host = probe(args.python)
@@ -423,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         if not ok:
             break
     env = device_env(backend)
+    if ok:  # recorded, not fatal: a host's own packages may disagree among themselves
+        run_step(report, "pip_check", [venv_python(args.venv), "-m", "pip", "check"], timeout=120)
     venv_info = probe(venv_python(args.venv), VERSIONS, env) if ok else None
     report["environment"] = venv_info
     if not venv_info or venv_info["backend"] != backend:

@@ -80,16 +80,31 @@ def test_offline_install_takes_only_what_is_missing_from_the_wheelhouse(tmp_path
     (tmp_path / "wh").mkdir()
     (tmp_path / "wh" / "grain-0.2.18-cp312-cp312-manylinux_2_28_x86_64.whl").touch()
     commands = check.install_commands(args_for(tmp_path), host_has_accelerator=True, extra=None)
-    assert "--system-site-packages" in commands[0]
-    assert commands[1][-2:] == ["--install-missing-from", str(tmp_path / "wh")]
-    assert {"--no-index", "--no-deps", "-e"} <= set(commands[2])
-    assert commands[3][-2:] == ["pip", "check"]
+    assert commands[1][-2:] == ["--link-site-packages", str(tmp_path / "venv")]
+    assert commands[2][-2:] == ["--install-missing-from", str(tmp_path / "wh")]
+    assert {"--no-index", "--no-deps", "-e"} <= set(commands[3])
     assert not any("index-url" in part for command in commands for part in command)
+
+
+def test_the_venv_sees_the_host_packages_after_its_own(tmp_path):
+    """A venv made by a Python that is itself a venv still imports that Python's packages."""
+    host = tmp_path / "host"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(host)], check=True)
+    marker = next((host / "lib").glob("python*/site-packages")) / "host_only_module.py"
+    marker.write_text("FROM_HOST = True\n")
+    venv = tmp_path / "venv"
+    for command in check.install_commands(
+        args_for(tmp_path, python=str(host / "bin/python")), host_has_accelerator=True, extra=None
+    )[:2]:
+        subprocess.run(command, check=True, capture_output=True)
+    code = "import host_only_module; print(host_only_module.FROM_HOST)"
+    done = subprocess.run([str(venv / "bin/python"), "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "True", done.stderr
 
 
 def test_without_a_wheelhouse_it_installs_from_the_index(tmp_path):
     keep = check.install_commands(args_for(tmp_path), host_has_accelerator=True, extra=None)
-    assert keep[1][-3:] == ["-e", str(REPO), "pytest"]  # the host's JAX satisfies the range
+    assert keep[2][-3:] == ["-e", str(REPO), "pytest"]  # the host's JAX satisfies the range
     fresh = check.install_commands(args_for(tmp_path), host_has_accelerator=False, extra="cuda13")
     assert "--system-site-packages" not in fresh[0]
     assert fresh[-1][-5:] == [

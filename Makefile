@@ -11,6 +11,7 @@ WORKDIR ?= runs/default
 PYTEST_WORKERS ?= 2
 
 WHEELHOUSE ?= wheelhouse
+WHEELHOUSE_PYTHON ?= 3.12
 ACCELERATOR_REPORT ?= runs/accelerator_check/report.json
 
 .PHONY: train test test-slow lint format clean accelerator-check wheelhouse constraints
@@ -48,10 +49,10 @@ format: $(STAMP)
 accelerator-check:
 	$(PYTHON) scripts/accelerator_check.py --wheelhouse=$(WHEELHOUSE) --report=$(ACCELERATOR_REPORT)
 
-## Wheels for an offline accelerator host (CPython 3.12, manylinux x86-64; not JAX/CUDA): see
-## scripts/build_wheelhouse.py.
+## Wheels for an offline accelerator host (CPython $(WHEELHOUSE_PYTHON), manylinux x86-64; not
+## JAX/CUDA): see scripts/build_wheelhouse.py.
 wheelhouse: $(STAMP)
-	$(PY) scripts/build_wheelhouse.py --dest=$(WHEELHOUSE)
+	$(PY) scripts/build_wheelhouse.py --dest=$(WHEELHOUSE) --python-version=$(WHEELHOUSE_PYTHON)
 
 ## Re-resolve constraints.txt: the newest versions within pyproject.toml's ranges, in a
 ## throwaway venv (then run `make test` and commit both files).

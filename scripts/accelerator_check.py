@@ -435,6 +435,11 @@ def main(argv: list[str] | None = None) -> int:
     for i, command in enumerate(install):
         ok &= run_step(report, f"install_{i}", command, timeout=900)["returncode"] == 0
         if not ok:
+            if not keep_host_jax:
+                print(
+                    f"Installing the '{extra}' extra needs a package index. On an offline host, "
+                    "preinstall JAX with its CUDA plugin or libtpu (the wheelhouse has no JAX)."
+                )
             break
     env = device_env(backend)
     if ok:  # recorded, not fatal: a host's own packages may disagree among themselves
@@ -471,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     benchmarks = benchmark_commands(args, venv_info["device_count"], report_dir)
     report["benchmarks"] = {}
     for name, command in benchmarks.items():
-        step = run_step(report, f"benchmark_{name}", command, timeout=200, env=env)
+        step = run_step(report, f"benchmark_{name}", command, timeout=240, env=env)
         figures_file = report_dir / f"{name}.json"
         if step["returncode"] == 0 and figures_file.exists():
             figures = json.loads(figures_file.read_text())

@@ -342,14 +342,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="Exit status: 0 passed, 1 a step failed, 2 no GPU or TPU found. "
         "See docs/accelerators.md.",
     )
-    parser.add_argument("--report", type=Path, default=REPO / "runs/accelerator_check/report.json")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=REPO / "runs/accelerator_check/report.json",
+        help="the JSON report; the benchmarks' JSON files go next to it",
+    )
     parser.add_argument(
         "--wheelhouse",
         type=Path,
         default=REPO / "wheelhouse",
         help="wheels for an offline host (make wheelhouse); used if present",
     )
-    parser.add_argument("--venv", type=Path, default=REPO / ".venv-accelerator")
+    parser.add_argument(
+        "--venv", type=Path, default=REPO / ".venv-accelerator", help="the environment it makes"
+    )
     parser.add_argument("--python", default=sys.executable, help="the host's Python")
     parser.add_argument(
         "--rows_per_device",
@@ -372,7 +379,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also time the input pipeline on one core",
     )
     parser.add_argument(
-        "--dry-run", action="store_true", help="print what would run on this host, run nothing"
+        "--dry_run", "--dry-run", action="store_true", help="print what would run here, run nothing"
     )
     parser.add_argument("--install-missing-from", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--link-site-packages", type=Path, help=argparse.SUPPRESS)

@@ -66,7 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
     model.dtype = "auto"  # compute: 'auto' = bfloat16 on GPU/TPU, float32 on CPU; or explicit
     model.param_dtype = "float32"  # parameter storage dtype
     model.remat = False  # recompute layer activations in backward (saves memory)
-    model.attention_implementation = "xla"  # 'cudnn': fused attention on NVIDIA GPUs (bf16)
+    # 'xla', 'cudnn' (fused, NVIDIA GPUs, bf16), 'splash' (fused, TPUs) or 'auto' (the platform's
+    # fused kernel if the model can use it, else xla; logged). See docs/accelerators.md.
+    model.attention_implementation = "xla"
 
     # ---------------------------------------------------------------- training
     config.seed = 0  # parameter init, dropout and data order
@@ -82,12 +84,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.adam_eps = 1e-9  # Adam epsilon (paper: 1e-9)
     config.weight_decay = 0.0  # decoupled weight decay (AdamW); 0 = plain Adam
     config.grad_clip_norm = 0.0  # clip gradients to this global norm; 0 = off
-    # Micro-batches accumulated per update (optax.MultiSteps). Steps (num_train_steps, the
-    # *_every_steps) count batches of batch_size rows; the schedule counts updates.
+    # Micro-batches accumulated per update, weighted by their tokens: the update of one batch
+    # holding them all. Steps (num_train_steps, the *_every_steps) count batches of batch_size
+    # rows; the schedule counts updates.
     config.grad_accum_steps = 1
     config.label_smoothing = 0.1  # epsilon_ls
     config.mesh_shape = (-1, 1, 1)  # devices along (data, fsdp, tensor); -1 = the rest
     config.log_every_steps = 100  # progress line, TensorBoard and metrics.jsonl
+    # Train steps dispatched ahead of the device (0 = no bound). SIGTERM is noticed at a step
+    # boundary, so it is honoured within about this many step times plus the save.
+    config.max_steps_in_flight = 2
     config.eval_every_steps = 5000  # validation loss/accuracy and BLEU
     config.num_eval_batches = -1  # validation batches per evaluation (-1 = whole split)
     config.eval_batch_size = 64  # global rows per evaluation/prediction batch

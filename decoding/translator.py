@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from data.tokens import cut_at_eos, truncate_keeping_eos
+from data.special_tokens import cut_at_eos, truncate_keeping_eos
 from decoding.beam_search import beam_search
 from decoding.greedy import greedy_search
 from decoding.settings import DecodeSettings

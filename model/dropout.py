@@ -2,7 +2,8 @@
 
 Why not `jax.random.bernoulli`: its threefry generator costs about 20 integer rounds per
 element, a sizeable share of a CPU train step with the base model's 32 dropout layers
-(docs/performance.md). Dropout needs independent-looking coin flips, not a cryptographic stream: here each call
+(docs/performance.md). Dropout needs independent-looking coin flips, not a cryptographic
+stream: here each call
 draws one 32-bit seed from its threefry key (so masks still depend on the key, the step and the
 layer exactly as flax's would), and each element's coin is a 32-bit integer hash of
 (seed, element index), compared with (1 - rate) * 2^32. The hash is Wellons' "lowbias32"

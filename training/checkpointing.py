@@ -45,10 +45,14 @@ class ProcessJsonHandler(ocp.CheckpointHandler):
         (directory / name).write_text(json.dumps(args.item))
 
     def restore(self, directory: epath.Path, args: ProcessJsonRestore | None = None) -> Any:
-        """This process's value, or None if the checkpoint was written by a different number
-        of processes (the positions of other hosts cannot be mapped onto ours)."""
+        """This process's value; if the checkpoint was written by a different number of
+        processes, the list of all their values in process order (the data iterator maps
+        them onto this host count); None if there is none."""
         path = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        if path.exists():
+            return json.loads(path.read_text())
+        saved = {int(p.name.split("_")[1].split("-")[0]): p for p in directory.glob("process_*")}
+        return [json.loads(saved[i].read_text()) for i in sorted(saved)] or None
 
 
 @ocp.args.register_with_handler(ProcessJsonHandler, for_save=True)

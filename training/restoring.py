@@ -211,8 +211,8 @@ def restore_train_state(
     manager: ocp.CheckpointManager, step: int, abstract_state: TrainState, shardings: TrainState
 ) -> tuple[TrainState, Any]:
     """Training's resume from checkpoint `step` of `manager`: (the TrainState laid out by
-    `shardings`, this process's data iterator state, or None if the checkpoint was written by
-    a different number of processes)."""
+    `shardings`, the data iterator state as `checkpointing.ProcessJsonHandler` restores it:
+    this process's, the list of every process's when the process count changed, or None)."""
     checkpoints_dir = Path(str(manager.directory))
     params_target = checkpointing.restore_target(abstract_state.params, shardings.params)
     params = restore_params(checkpoints_dir, [step], params_target)

@@ -1,5 +1,5 @@
 """The model calls every search makes: encode the source once, then run the decoder one
-cached step at a time. The special token ids the searches rely on come from data/special_tokens.py."""
+cached step at a time. The special token ids the searches rely on: data/special_tokens.py."""
 
 from __future__ import annotations
 

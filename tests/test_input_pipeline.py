@@ -219,12 +219,14 @@ def test_one_epoch_over_hosts_packs_every_fitting_example_once(config, tokenizer
 
 
 def test_unpacked_examples_are_real_pairs(config, tokenizer):
-    reference = set(encoded_split(config, tokenizer, "train"))
+    reference = Counter(encoded_split(config, tokenizer, "train"))
     batches = take(ip.train_iterator(config, tokenizer, process_index=0, process_count=1), 5)
     examples = [e for batch in batches for e in unpack(batch)]
     assert len(examples) > 5 * 8  # several examples per row
-    assert set(examples) <= reference
-    assert len(set(examples)) == len(examples)  # within the first epoch: no repeats
+    assert set(examples) <= set(reference)
+    # Within the first epoch no example shows up more often than the split has it (the numbers
+    # corpus repeats small numbers).
+    assert not Counter(examples) - reference
 
 
 def test_unpacked_rows_when_packing_is_off(config, tokenizer):

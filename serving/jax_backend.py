@@ -1,0 +1,122 @@
+"""The JAX decoder of a restored checkpoint, for the server (a serving.backend.Backend).
+
+A batch of sentences of one source-length bucket is padded to that length and to the next
+batch size of `row_sizes` (powers of two up to max_rows), then decoded by
+decoding.translate_tokens in one jitted call; padding rows decode nothing. So there is one
+compilation per (bucket, batch size), all done by `warm_up`, and a sentence's translation
+does not depend on its batch-mates: rows are independent in greedy and beam search.
+Tokenizing, truncation and bucket lengths are decoding/translator.py's, as in translate.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from decoding import translate_tokens
+from decoding.translator import bucket_length, encode_texts, output_ids
+from serving.backend import Decoded, Encoded
+from training.restoring import Restored
+
+
+def row_sizes(max_rows: int) -> list[int]:
+    """The batch sizes decoding compiles for: 1, 2, 4, ... below max_rows, and max_rows."""
+    sizes, size = [], 1
+    while size < max_rows:
+        sizes.append(size)
+        size *= 2
+    return sizes + [max_rows]
+
+
+class JaxBackend:
+    """Greedy or beam search with a restored model (parameters on one device or a mesh)."""
+
+    def __init__(
+        self,
+        restored: Restored,
+        *,
+        beam_size: int,
+        alpha: float,
+        max_extra_length: int,
+        max_input_length: int,
+        max_rows: int,
+    ) -> None:
+        model_max = restored.model.config.max_length
+        if not 2 <= max_input_length <= model_max:
+            raise ValueError(
+                f"max_input_length={max_input_length} must be between 2 and the model's "
+                f"max_length={model_max}."
+            )
+        if beam_size < 1 or alpha < 0 or max_extra_length < 0 or max_rows < 1:
+            raise ValueError(
+                "beam_size and max_rows must be >= 1, alpha and max_extra_length >= 0; got "
+                f"{beam_size}, {max_rows}, {alpha}, {max_extra_length}."
+            )
+        self.restored = restored
+        self.beam_size, self.alpha = beam_size, alpha
+        self.max_extra_length, self.max_input_length = max_extra_length, max_input_length
+        self.max_rows = max_rows
+        self.source_lang = restored.config.data.source_lang
+        self.target_lang = restored.config.data.target_lang
+        steps = restored.steps
+        which = f"step {steps[-1]}" if len(steps) == 1 else f"the mean of steps {steps}"
+        self.description = (
+            f"JAX: {which} of {restored.checkpoints_dir}, beam_size {beam_size}, alpha {alpha}, "
+            f"max_extra_length {max_extra_length}, max_input_length {max_input_length}"
+        )
+
+    def buckets(self) -> list[int]:
+        """Every padded source length a sentence can get."""
+        lengths = range(1, self.max_input_length + 1)
+        return sorted({bucket_length(n, self.max_input_length) for n in lengths})
+
+    def encode(self, text: str) -> Encoded:
+        [ids], truncated = encode_texts(self.restored.tokenizer, [text], self.max_input_length)
+        return Encoded(tuple(ids), bucket_length(len(ids), self.max_input_length), truncated > 0)
+
+    def _decode_ids(self, rows: Sequence[Sequence[int]], bucket: int, num_rows: int) -> np.ndarray:
+        """Token rows (at most `bucket` long) -> outputs [num_rows, max_decode_length]."""
+        model_max = self.restored.model.config.max_length
+        inputs = np.zeros((num_rows, bucket), np.int32)  # padding rows stay empty
+        max_lengths = np.zeros((num_rows,), np.int32)  # and decode nothing
+        for row, ids in enumerate(rows):
+            inputs[row, : len(ids)] = ids
+            max_lengths[row] = min(len(ids) + self.max_extra_length, model_max)
+        outputs = translate_tokens(
+            self.restored.model,
+            self.restored.params,
+            inputs,
+            beam_size=self.beam_size,
+            alpha=self.alpha,
+            max_decode_length=min(bucket + self.max_extra_length, model_max),
+            max_lengths=max_lengths,
+        )
+        return np.asarray(jax.device_get(outputs))
+
+    def decode_batch(self, batch: Sequence[Encoded]) -> list[Decoded]:
+        if not 1 <= len(batch) <= self.max_rows or len({e.bucket for e in batch}) != 1:
+            raise ValueError(f"decode_batch takes 1..{self.max_rows} sentences of one bucket.")
+        num_rows = next(size for size in row_sizes(self.max_rows) if size >= len(batch))
+        outputs = self._decode_ids([e.tokens for e in batch], batch[0].bucket, num_rows)
+        decoded = []
+        for row in range(len(batch)):
+            ids = output_ids(outputs[row])
+            decoded.append(Decoded(self.restored.tokenizer.decode(ids), len(ids)))
+        return decoded
+
+    def warm_up(self) -> None:
+        """Compiles decoding for every (bucket, batch size): len(buckets) x len(row_sizes)."""
+        start = time.perf_counter()
+        for bucket in self.buckets():
+            for num_rows in row_sizes(self.max_rows):
+                self._decode_ids([], bucket, num_rows)
+        logging.info(
+            "Compiled decoding for buckets %s x batch sizes %s in %.1f s.",
+            self.buckets(),
+            row_sizes(self.max_rows),
+            time.perf_counter() - start,
+        )

@@ -44,8 +44,8 @@ _CHECKPOINT = flags.DEFINE_string(
 _CTRANSLATE2 = flags.DEFINE_string(
     "ctranslate2",
     None,
-    "Serve a CTranslate2 export (export.py --output=DIR) instead of a checkpoint; needs "
-    "--source_lang and --target_lang.",
+    "Serve a CTranslate2 export (export.py --output=DIR) instead of a checkpoint; decoding "
+    "settings default to its export.json.",
 )
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Optional config file instead of the one saved with the checkpoint."
@@ -77,13 +77,17 @@ _MAX_INPUT_LENGTH = flags.DEFINE_integer(
     "max_input_length",
     None,
     "Longer sentences are cut to this many subwords (default: the checkpoint's "
-    "data.max_predict_length, capped at the model's max_length; required with --ctranslate2).",
+    "data.max_predict_length, capped at the model's max_length).",
 )
 _SOURCE_LANG = flags.DEFINE_string(
-    "source_lang", None, "With --ctranslate2: the code of the language translated from."
+    "source_lang",
+    None,
+    "With --ctranslate2: the code of the language translated from (default: export.json).",
 )
 _TARGET_LANG = flags.DEFINE_string(
-    "target_lang", None, "With --ctranslate2: the code of the language translated into."
+    "target_lang",
+    None,
+    "With --ctranslate2: the code of the language translated into (default: export.json).",
 )
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (0.0.0.0: every one).")
 _PORT = flags.DEFINE_integer("port", 5000, "TCP port to listen on.")
@@ -123,10 +127,6 @@ def check_flags() -> None:
             "Pass exactly one of --workdir=DIR, --checkpoint=DIR/checkpoints/STEP or "
             "--ctranslate2=DIR."
         )
-    if _CTRANSLATE2.value and not (
-        _SOURCE_LANG.value and _TARGET_LANG.value and _MAX_INPUT_LENGTH.value
-    ):
-        fail("--ctranslate2 needs --source_lang, --target_lang and --max_input_length.")
     if _MESH_SHAPE.value and not all(
         size.strip().lstrip("-").isdigit() for size in _MESH_SHAPE.value
     ):
@@ -190,9 +190,9 @@ def load_ctranslate2_backend() -> Backend:
         _CTRANSLATE2.value,
         source_lang=_SOURCE_LANG.value,
         target_lang=_TARGET_LANG.value,
-        beam_size=_BEAM_SIZE.value or 1,
-        alpha=_ALPHA.value or 0.0,
-        max_extra_length=50 if _MAX_EXTRA_LENGTH.value is None else _MAX_EXTRA_LENGTH.value,
+        beam_size=_BEAM_SIZE.value,
+        alpha=_ALPHA.value,
+        max_extra_length=_MAX_EXTRA_LENGTH.value,
         max_input_length=_MAX_INPUT_LENGTH.value,
         max_rows=_MAX_BATCH_ROWS.value,
     )

@@ -1,19 +1,24 @@
 """A CTranslate2 export (export.py's output directory) as the server's decoder.
 
-The directory holds CTranslate2's model files and `spm.model`, the sentencepiece model the
-checkpoint trained with. Sentences are tokenized to pieces with it (CTranslate2 appends the
-source EOS itself, as the export's config says), grouped by the same power-of-two length
-buckets as the JAX backend, and translated with `Translator.translate_batch`; the output
-length limit is the bucket's (bucket + max_extra_length), so a sentence's translation does
-not depend on its batch-mates. Note: CTranslate2's length penalty is score / length^alpha,
-not the GNMT penalty of decoding/beam_search.py, so beam outputs may differ from JAX's.
+The directory holds CTranslate2's model files, `spm.model` (the sentencepiece model the
+checkpoint trained with) and `export.json` (what the export records: the longest input and
+decoder positions, the checkpoint's config.decode and, where known, the languages); the
+server's flags override what it says. Sentences are tokenized to pieces (CTranslate2 appends
+the source EOS itself), grouped by the JAX backend's power-of-two length buckets, and
+translated with `Translator.translate_batch`. The output limit is the bucket's
+(bucket + max_extra_length, capped at the positions the model has), so a sentence's
+translation does not depend on its batch-mates. CTranslate2's length penalty is
+score / length^alpha, not the GNMT penalty of decoding/beam_search.py: beam outputs may differ
+from the JAX backend's.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import sentencepiece as spm
 
@@ -21,6 +26,13 @@ from decoding.translator import bucket_length
 from serving.backend import Decoded, Encoded
 
 SPM_FILE = "spm.model"
+INFO_FILE = "export.json"
+
+
+def export_info(directory: Path) -> dict[str, Any]:
+    """The export's export.json ({} if it has none)."""
+    path = directory / INFO_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 class CTranslate2Backend:
@@ -30,15 +42,17 @@ class CTranslate2Backend:
         self,
         directory: str | Path,
         *,
-        source_lang: str,
-        target_lang: str,
-        beam_size: int,
-        alpha: float,
-        max_extra_length: int,
-        max_input_length: int,
-        max_rows: int,
+        source_lang: str | None = None,
+        target_lang: str | None = None,
+        beam_size: int | None = None,
+        alpha: float | None = None,
+        max_extra_length: int | None = None,
+        max_input_length: int | None = None,
+        max_rows: int = 32,
         threads: int = 0,
     ) -> None:
+        """Settings left None come from export.json (its `decode` is the checkpoint's
+        config.decode); languages must be known from one or the other."""
         import ctranslate2  # optional: only this backend needs it
 
         directory = Path(directory)
@@ -47,35 +61,51 @@ class CTranslate2Backend:
                 f"{directory} is not a CTranslate2 export (model.bin and {SPM_FILE}): write one "
                 "with `python export.py --workdir=DIR --output=OUT`."
             )
+        info = export_info(directory)
+        decode = info.get("decode", {})
+
+        def setting(value, name: str, default=None):
+            return value if value is not None else decode.get(name, info.get(name, default))
+
+        self.source_lang = setting(source_lang, "source_lang")
+        self.target_lang = setting(target_lang, "target_lang")
+        if not (self.source_lang and self.target_lang):
+            raise ValueError(
+                f"{directory / INFO_FILE} names no languages: pass --source_lang and --target_lang."
+            )
+        self.beam_size = setting(beam_size, "beam_size", 1)
+        self.alpha = setting(alpha, "alpha", 0.0)
+        self.max_extra_length = setting(max_extra_length, "max_extra_length", 50)
+        self.max_length = info.get("max_length")  # positions the model has; None: unknown
+        self.max_input_length = setting(max_input_length, "max_input_length", self.max_length)
+        if self.max_input_length is None:
+            raise ValueError(f"{directory / INFO_FILE} is missing: pass --max_input_length.")
+        self.max_rows = max_rows
         self.translator = ctranslate2.Translator(
             str(directory), device="cpu", intra_threads=threads or os.cpu_count() or 1
         )
         self.tokenizer = spm.SentencePieceProcessor(model_file=str(directory / SPM_FILE))
-        self.source_lang, self.target_lang = source_lang, target_lang
-        self.beam_size, self.alpha = beam_size, alpha
-        self.max_extra_length, self.max_input_length = max_extra_length, max_input_length
-        self.max_rows = max_rows
         self.description = (
-            f"CTranslate2 {ctranslate2.__version__}: {directory}, beam_size {beam_size}, "
-            f"length_penalty {alpha}, max_extra_length {max_extra_length}, "
-            f"max_input_length {max_input_length}"
+            f"CTranslate2 {ctranslate2.__version__}: {directory}, beam_size {self.beam_size}, "
+            f"length_penalty {self.alpha}, max_extra_length {self.max_extra_length}, "
+            f"max_input_length {self.max_input_length}"
         )
 
     def encode(self, text: str) -> Encoded:
         pieces = self.tokenizer.encode(text, out_type=str)
         limit = self.max_input_length - 1  # CTranslate2 appends EOS
-        truncated = len(pieces) > limit
-        pieces = pieces[:limit]
-        return Encoded(
-            tuple(pieces), bucket_length(len(pieces) + 1, self.max_input_length), truncated
-        )
+        bucket = bucket_length(min(len(pieces), limit) + 1, self.max_input_length)
+        return Encoded(tuple(pieces[:limit]), bucket, len(pieces) > limit)
 
     def decode_batch(self, batch: Sequence[Encoded]) -> list[Decoded]:
+        max_decoding_length = batch[0].bucket + self.max_extra_length
+        if self.max_length is not None:
+            max_decoding_length = min(max_decoding_length, self.max_length)
         results = self.translator.translate_batch(
             [list(e.tokens) for e in batch],
             beam_size=self.beam_size,
             length_penalty=self.alpha,
-            max_decoding_length=batch[0].bucket + self.max_extra_length,
+            max_decoding_length=max_decoding_length,
             max_batch_size=self.max_rows,
         )
         decoded = []
@@ -85,5 +115,5 @@ class CTranslate2Backend:
         return decoded
 
     def warm_up(self) -> None:
-        """One short translation (loads the weights into memory; nothing compiles per shape)."""
+        """One short translation (nothing compiles per shape in CTranslate2)."""
         self.decode_batch([self.encode("a")])

@@ -218,30 +218,45 @@ def test_a_sentence_translates_the_same_alone_and_in_any_batch(sharp_checkpoint)
     assert len(set(alone)) >= 3, alone
 
 
-def test_help_and_bad_flags_are_one_line_errors(tmp_path):
-    def serve(*args: str) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, str(REPO / "serve.py"), *args],
-            cwd=REPO,
-            env=train_runner.environment(1),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+def serve_command(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "serve.py"), *args],
+        cwd=REPO,
+        env=train_runner.environment(1),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
-    free_port = train_runner.free_port
-    cases = {
-        "Pass exactly one of --workdir=DIR": [],
-        "--max_batch_rows must be at least 1, got 0": ["--workdir=x", "--max_batch_rows=0"],
-        "is not a CTranslate2 export": [f"--ctranslate2={tmp_path}", f"--port={free_port()}"],
-        "--mesh_shape takes integers": ["--workdir=x", "--mesh_shape=a,b"],
-        "No checkpoint found at": [f"--workdir={tmp_path}", f"--port={free_port()}"],
-    }
-    helped = serve("--help")
-    started = {message: serve(*args) for message, args in cases.items()}  # in parallel
-    assert "--max_batch_rows" in helped.communicate(timeout=120)[0]
+
+def assert_one_line_errors(cases: dict[str, list[str]]) -> None:
+    started = {message: serve_command(*args) for message, args in cases.items()}  # in parallel
     for message, process in started.items():
-        _, stderr = process.communicate(timeout=120)
+        _, stderr = process.communicate(timeout=300)
         last = stderr.strip().splitlines()[-1]
         assert process.returncode == 1 and last.startswith("serve.py: error: "), stderr[-2000:]
         assert message in last, stderr[-2000:]
+
+
+def test_help_and_bad_flags_are_one_line_errors():
+    helped = serve_command("--help")
+    assert_one_line_errors(
+        {
+            "Pass exactly one of --workdir=DIR": [],
+            "--max_batch_rows must be at least 1, got 0": ["--workdir=x", "--max_batch_rows=0"],
+            "--mesh_shape takes integers": ["--workdir=x", "--mesh_shape=a,b"],
+            "Unexpected arguments: extra": ["--workdir=x", "extra"],
+        }
+    )
+    assert "--max_batch_rows" in helped.communicate(timeout=120)[0]
+
+
+@pytest.mark.slow
+def test_a_model_that_cannot_load_ends_the_server_with_a_one_line_error(tmp_path):
+    port = train_runner.free_port
+    assert_one_line_errors(
+        {
+            "is not a CTranslate2 export": [f"--ctranslate2={tmp_path}", f"--port={port()}"],
+            "No checkpoint found at": [f"--workdir={tmp_path}", f"--port={port()}"],
+        }
+    )

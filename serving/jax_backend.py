@@ -109,14 +109,19 @@ class JaxBackend:
         return decoded
 
     def warm_up(self) -> None:
-        """Compiles decoding for every (bucket, batch size): len(buckets) x len(row_sizes)."""
+        """Compiles decoding for every (bucket, batch size), logging progress and an ETA."""
+        shapes = [(b, rows) for b in self.buckets() for rows in row_sizes(self.max_rows)]
         start = time.perf_counter()
-        for bucket in self.buckets():
-            for num_rows in row_sizes(self.max_rows):
-                self._decode_ids([], bucket, num_rows)
-        logging.info(
-            "Compiled decoding for buckets %s x batch sizes %s in %.1f s.",
-            self.buckets(),
-            row_sizes(self.max_rows),
-            time.perf_counter() - start,
-        )
+        for done, (bucket, num_rows) in enumerate(shapes, start=1):
+            self._decode_ids([], bucket, num_rows)
+            elapsed = time.perf_counter() - start
+            logging.info(
+                "Compiled decoding for %d sentences x %d subwords (%d/%d) in %.0f s; about "
+                "%.0f s left.",
+                num_rows,
+                bucket,
+                done,
+                len(shapes),
+                elapsed,
+                elapsed / done * (len(shapes) - done),
+            )

@@ -22,6 +22,7 @@ from typing import Any
 
 import sentencepiece as spm
 
+from data.tokenizer import PAD_ID
 from decoding.translator import bucket_length
 from serving.backend import Decoded, Encoded
 
@@ -107,6 +108,8 @@ class CTranslate2Backend:
             length_penalty=self.alpha,
             max_decoding_length=max_decoding_length,
             max_batch_size=self.max_rows,
+            min_decoding_length=0,  # EOS may come first, as in our searches
+            suppress_sequences=[[self.tokenizer.id_to_piece(PAD_ID)]],  # never an output
         )
         decoded = []
         for result in results:

@@ -1,7 +1,7 @@
 """serve.py's CTranslate2 backend over a directory written by exporting.export_checkpoint from
 the tiny checkpoint of tests/test_translate.py: through the HTTP API its translations are what
-the plain recipe gives (sentencepiece pieces -> Translator.translate_batch -> sp.decode), the
-same alone and in a batch, and the JAX backend's greedy translations token for token."""
+the plain recipe gives (sentencepiece pieces -> Translator.translate_batch -> sp.decode) one
+sentence at a time, and the JAX backend's greedy translations (an independent engine)."""
 
 from __future__ import annotations
 
@@ -49,14 +49,21 @@ def test_ctranslate2_backend_serves_the_plain_recipe_and_matches_jax_greedy(expo
         assert response.status_code == 200, response.text
         served = response.json()["translatedText"]
 
-    # The recipe of export.py's users, one sentence at a time.
+    # The plain recipe, one sentence at a time, with the options our searches imply (EOS may
+    # come first, padding is never an output).
     sp = spm.SentencePieceProcessor(model_file=str(directory / "spm.model"))
     translator = ctranslate2.Translator(str(directory))
+    options = dict(
+        beam_size=1,
+        max_decoding_length=MAX_LENGTH,
+        min_decoding_length=0,
+        suppress_sequences=[[sp.id_to_piece(0)]],
+    )
     recipe = [
         sp.decode(
-            translator.translate_batch(
-                [sp.encode(sentence, out_type=str)], max_decoding_length=MAX_LENGTH
-            )[0].hypotheses[0]
+            translator.translate_batch([sp.encode(sentence, out_type=str)], **options)[
+                0
+            ].hypotheses[0]
         )
         for sentence in SENTENCES
     ]

@@ -116,8 +116,8 @@ class JaxBackend:
             self._decode_ids([], bucket, num_rows)
             elapsed = time.perf_counter() - start
             logging.info(
-                "Compiled decoding for %d sentences x %d subwords (%d/%d) in %.0f s; about "
-                "%.0f s left.",
+                "Compiled the decoder for batches of %d x %d subwords (%d/%d) in %.0f s; "
+                "about %.0f s left.",
                 num_rows,
                 bucket,
                 done,

@@ -1,8 +1,12 @@
 """The paper's base model (Vaswani et al. 2017, Table 3) on WMT14 English->German.
 
-Every other config starts from this one and says what it changes. Fields are read by:
-model/ (config.model), input_pipeline.py (config.data), train.py (top level),
-translate.py (config.decode).
+Every other config starts from this one and says what it changes; this file declares and
+comments every field (training/configuration.py rejects keys it does not have). Sections:
+- config.data: the corpus, vocabulary, lengths and packing (input_pipeline.py, data/);
+- config.model: the network (model/TransformerConfig; 'auto' dtype resolved per platform);
+- top level: training (training/loop.py: batch, steps, schedule, optimizer, mesh, periods);
+- config.decode: decoding.DecodeSettings (translate.py, training's evaluation, serve.py,
+  export.py; their flags override it).
 """
 
 import ml_collections
@@ -22,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.train_split = "train"  # split names; for text_files, the file stem (train.en.gz)
     data.eval_split = "validation"  # development split: loss, BLEU during training
     data.test_split = "test"  # held-out split for final scores
-    data.numbers_train_size = 100_000  # numbers corpus: training examples
+    data.numbers_train_size = 100_000  # numbers corpus: training examples, equal per digit count
     data.numbers_eval_size = 1_000  # numbers corpus: validation examples
     data.numbers_test_size = 1_000  # numbers corpus: test examples
     data.numbers_max = 999_999  # numbers corpus: largest number drawn
@@ -94,9 +98,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---------------------------------------------------------------- decoding
     decode = config.decode = ml_collections.ConfigDict()
-    decode.beam_size = 4  # paper: 4
+    decode.beam_size = 4  # hypotheses per sentence (paper: 4); 1 = greedy search
     decode.alpha = 0.6  # GNMT length penalty ((5 + len) / 6)^alpha; paper: 0.6
     decode.max_extra_length = 50  # output may be up to input length + this (paper: 50)
-    decode.batch_size = 64  # sentences per decoding batch
+    decode.batch_size = 64  # sentences decoded together
 
     return config

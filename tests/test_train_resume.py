@@ -18,7 +18,7 @@ from tests.train_runner import (  # noqa: F401
     run,
     wait_for,
 )
-from training import checkpointing
+from training import restoring
 
 STEPS = 160
 LONG_RUN = {
@@ -100,7 +100,7 @@ def test_diverging_run_stops_cleanly_and_never_saves_nan(tmp_path, prepared_dir)
     else:
         assert "no checkpoint was saved" in error
     for step in saved:
-        _, params, _ = checkpointing.restore_for_inference(workdir / "checkpoints" / str(step))
+        params = restoring.restore_for_translation(workdir / "checkpoints" / str(step)).params
         assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(params))
 
 

@@ -6,10 +6,11 @@ Read in this order:
 - `state`: TrainState, the optax optimizer and learning-rate schedules.
 - `loss`: label-smoothed cross entropy and token metrics, as sums.
 - `steps`: the jitted, sharded train and evaluation steps.
-- `checkpointing`: orbax checkpoints; `restore_for_inference` for decoding.
+- `checkpointing`: the orbax checkpoint format and saving.
+- `restoring`: reading checkpoints: parameters for decoding, the state for resuming.
 - `metrics`: progress line, TensorBoard, metrics.jsonl.
 - `evaluation`: validation loss, BLEU and exact match of decoded sentences.
 - `loop`: resume, train, evaluate, checkpoint; SIGTERM and divergence handling.
 - `errors`: the errors reported to users as one line.
-(`restoring` and `averaging` serve translate.py: checks and checkpoint averaging.)
+(`averaging`: the mean of the last N checkpoints, for decoding.)
 """

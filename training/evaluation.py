@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 
 import input_pipeline
 from decoding import scoring, translate_texts
+from decoding.settings import DecodeSettings
 from model import Transformer
 from training import partitioning
 from training.loss import summarize
@@ -52,17 +53,8 @@ def translate(
 ) -> list[str]:
     """Translations of `sources` with the beam size, length penalty, length margin and batch
     size of `decode_config` (config.decode)."""
-    return translate_texts(
-        model,
-        params,
-        tokenizer,
-        list(sources),
-        beam_size=decode_config.beam_size,
-        alpha=decode_config.alpha,
-        max_extra_length=decode_config.max_extra_length,
-        batch_size=decode_config.batch_size,
-        max_input_length=max_input_length,
-    )
+    settings = DecodeSettings.from_config(decode_config)
+    return translate_texts(model, params, tokenizer, list(sources), settings, max_input_length)
 
 
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:

@@ -32,7 +32,7 @@ from jax.experimental import multihost_utils
 
 import input_pipeline
 from model import Transformer
-from training import checkpointing, configuration, partitioning
+from training import checkpointing, configuration, partitioning, restoring
 from training import state as train_state
 from training.errors import ConfigError, TrainingDivergedError
 from training.evaluation import Evaluator
@@ -159,7 +159,7 @@ def initial_state(
         return state, shardings, None
     check_same_model(checkpointing.saved_model_config(manager, latest), config, workdir)
     abstract = train_state.abstract_train_state(model, optimizer)
-    state, data_state = checkpointing.restore_train_state(manager, latest, abstract, shardings)
+    state, data_state = restoring.restore_train_state(manager, latest, abstract, shardings)
     logging.info("Resumed from %s at step %d.", workdir / "checkpoints" / str(latest), latest)
     if data_state is None:
         logging.warning(

@@ -19,6 +19,7 @@ from flax import struct
 from jax.sharding import Mesh
 
 from model import Transformer
+from model.parameters import init_params
 from training import partitioning
 
 SCHEDULES = ("rsqrt", "cosine", "constant")
@@ -101,14 +102,13 @@ def make_optimizer(
 
 
 def _init_fn(
-    model: Transformer, optimizer: optax.GradientTransformation, sample_length: int
+    model: Transformer, optimizer: optax.GradientTransformation
 ) -> Callable[[jax.Array], TrainState]:
     """rng -> a fresh TrainState whose parameters and moments are flax `LogicallyPartitioned`
     boxes (so that their logical axis names can be read from `jax.eval_shape`)."""
 
     def init(rng: jax.Array) -> TrainState:
-        tokens = jnp.ones((1, sample_length), jnp.int32)
-        params = model.init(rng, tokens, tokens)["params"]
+        params = init_params(model, rng)
         return TrainState(
             step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params)
         )
@@ -121,13 +121,13 @@ def state_shardings(
 ) -> TrainState:
     """NamedShardings for every leaf of the TrainState, from the model's logical axis names
     (optimizer moments follow their parameters; counters are replicated)."""
-    abstract = jax.eval_shape(_init_fn(model, optimizer, 8), jax.random.key(0))
+    abstract = jax.eval_shape(_init_fn(model, optimizer), jax.random.key(0))
     return partitioning.shardings_for(abstract, mesh)
 
 
 def abstract_train_state(model: Transformer, optimizer: optax.GradientTransformation) -> TrainState:
     """The TrainState's shapes and dtypes (jax.ShapeDtypeStruct leaves), allocating nothing."""
-    init = _init_fn(model, optimizer, 8)
+    init = _init_fn(model, optimizer)
     return jax.eval_shape(lambda key: nn.unbox(init(key)), jax.random.key(0))
 
 
@@ -137,7 +137,7 @@ def create_train_state(
     """A freshly initialised TrainState created directly in its sharded layout (no device ever
     holds the whole model unless the mesh says so), and its shardings."""
     shardings = state_shardings(model, optimizer, mesh)
-    init = _init_fn(model, optimizer, 8)
+    init = _init_fn(model, optimizer)
     create = jax.jit(lambda key: nn.unbox(init(key)), out_shardings=shardings)
     return create(rng), shardings
 

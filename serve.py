@@ -26,11 +26,12 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from decoding.settings import STRATEGIES, DecodeSettings, DecodeSettingsError, max_input_length
 from serving.app import ServerSettings, create_app
 from serving.backend import Backend
 from serving.requests import Limits
@@ -61,6 +62,12 @@ _MESH_SHAPE = flags.DEFINE_list(
     None,
     "Shard the parameters over the local devices as (data, fsdp, tensor), e.g. 1,1,-1 "
     "(default: everything on the first device).",
+)
+_STRATEGY = flags.DEFINE_enum(
+    "strategy",
+    None,
+    STRATEGIES,
+    "Search: 'beam' or 'greedy' (default: greedy if the beam size is 1, else beam).",
 )
 _BEAM_SIZE = flags.DEFINE_integer(
     "beam_size", None, "Beam size; 1 = greedy search (default: config.decode.beam_size)."
@@ -120,6 +127,25 @@ def fail(message: str) -> NoReturn:
     sys.exit(f"serve.py: error: {message}")
 
 
+def decode_overrides() -> dict:
+    """The decoding flags given (None: take the checkpoint's or the export's config.decode)."""
+    return {
+        "strategy": _STRATEGY.value,
+        "beam_size": _BEAM_SIZE.value,
+        "alpha": _ALPHA.value,
+        "max_extra_length": _MAX_EXTRA_LENGTH.value,
+    }
+
+
+def decode_settings(decode_config: Any) -> DecodeSettings:
+    """`decode_config` with the decoding flags; a bad value ends the program (one line)."""
+    try:
+        return DecodeSettings.from_config(decode_config, **decode_overrides())
+    except DecodeSettingsError as error:
+        flag_names = "--strategy, --beam_size, --alpha, --max_extra_length"
+        fail(f"{str(error).rstrip('.')} (decoding flags: {flag_names}).")
+
+
 def check_flags() -> None:
     sources = [_WORKDIR.value, _CHECKPOINT.value, _CTRANSLATE2.value]
     if sum(value is not None for value in sources) != 1:
@@ -131,10 +157,8 @@ def check_flags() -> None:
         size.strip().lstrip("-").isdigit() for size in _MESH_SHAPE.value
     ):
         fail(f"--mesh_shape takes integers, e.g. 1,1,-1; got {','.join(_MESH_SHAPE.value)}.")
+    decode_settings({})  # the decoding flags' ranges, before anything is loaded
     for name, value, low in [
-        ("beam_size", _BEAM_SIZE.value, 1),
-        ("alpha", _ALPHA.value, 0),
-        ("max_extra_length", _MAX_EXTRA_LENGTH.value, 0),
         ("max_input_length", _MAX_INPUT_LENGTH.value, 2),
         ("max_batch_rows", _MAX_BATCH_ROWS.value, 1),
         ("max_wait_ms", _MAX_WAIT_MS.value, 0),
@@ -169,16 +193,10 @@ def load_jax_backend() -> Backend:
         tokenizer_file=_TOKENIZER.value,
         mesh=mesh,
     )
-    decode, data = restored.config.decode, restored.config.data
-    default_length = min(data.max_predict_length, restored.model.config.max_length)
     return JaxBackend(
         restored,
-        beam_size=_BEAM_SIZE.value or decode.beam_size,
-        alpha=decode.alpha if _ALPHA.value is None else _ALPHA.value,
-        max_extra_length=(
-            decode.max_extra_length if _MAX_EXTRA_LENGTH.value is None else _MAX_EXTRA_LENGTH.value
-        ),
-        max_input_length=_MAX_INPUT_LENGTH.value or default_length,
+        DecodeSettings.from_config(restored.config.decode, **decode_overrides()),
+        max_input_length=_MAX_INPUT_LENGTH.value or max_input_length(restored.config),
         max_rows=_MAX_BATCH_ROWS.value,
     )
 
@@ -190,11 +208,9 @@ def load_ctranslate2_backend() -> Backend:
         _CTRANSLATE2.value,
         source_lang=_SOURCE_LANG.value,
         target_lang=_TARGET_LANG.value,
-        beam_size=_BEAM_SIZE.value,
-        alpha=_ALPHA.value,
-        max_extra_length=_MAX_EXTRA_LENGTH.value,
         max_input_length=_MAX_INPUT_LENGTH.value,
         max_rows=_MAX_BATCH_ROWS.value,
+        **decode_overrides(),
     )
 
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import sentencepiece as spm
 
-from data.tokenizer import PAD_ID
+from data.special_tokens import PAD_ID
+from decoding.settings import DecodeSettings
 from decoding.translator import bucket_length
 from serving.backend import Decoded, Encoded
 
@@ -45,15 +46,14 @@ class CTranslate2Backend:
         *,
         source_lang: str | None = None,
         target_lang: str | None = None,
-        beam_size: int | None = None,
-        alpha: float | None = None,
-        max_extra_length: int | None = None,
         max_input_length: int | None = None,
         max_rows: int = 32,
         threads: int = 0,
+        **decode_overrides: Any,
     ) -> None:
-        """Settings left None come from export.json (its `decode` is the checkpoint's
-        config.decode); languages must be known from one or the other."""
+        """Decode settings are export.json's `decode` (the checkpoint's config.decode) with
+        `decode_overrides` (DecodeSettings fields; None: not given); languages and the
+        maximum input length come from export.json unless given."""
         import ctranslate2  # optional: only this backend needs it
 
         directory = Path(directory)
@@ -63,23 +63,16 @@ class CTranslate2Backend:
                 "with `python export.py --workdir=DIR --output=OUT`."
             )
         info = export_info(directory)
-        decode = info.get("decode", {})
-
-        def setting(value, name: str, default=None):
-            return value if value is not None else decode.get(name, info.get(name, default))
-
-        self.source_lang = setting(source_lang, "source_lang")
-        self.target_lang = setting(target_lang, "target_lang")
+        self.settings = DecodeSettings.from_config(info.get("decode", {}), **decode_overrides)
+        self.source_lang = source_lang or info.get("source_lang")
+        self.target_lang = target_lang or info.get("target_lang")
         if not (self.source_lang and self.target_lang):
             raise ValueError(
                 f"{directory / INFO_FILE} names no languages: pass --source_lang and --target_lang."
             )
-        self.beam_size = setting(beam_size, "beam_size", 1)
-        self.alpha = setting(alpha, "alpha", 0.0)
-        self.max_extra_length = setting(max_extra_length, "max_extra_length", 50)
         self.max_length = info.get("max_length")  # positions the model has; None: unknown
-        self.max_input_length = setting(max_input_length, "max_input_length", self.max_length)
-        if self.max_input_length is None:
+        self.max_input_length = max_input_length or info.get("max_input_length")
+        if not self.max_input_length:
             raise ValueError(f"{directory / INFO_FILE} is missing: pass --max_input_length.")
         self.max_rows = max_rows
         self.translator = ctranslate2.Translator(
@@ -87,9 +80,10 @@ class CTranslate2Backend:
         )
         self.tokenizer = spm.SentencePieceProcessor(model_file=str(directory / SPM_FILE))
         self.description = (
-            f"CTranslate2 {ctranslate2.__version__}: {directory}, beam_size {self.beam_size}, "
-            f"length_penalty {self.alpha}, max_extra_length {self.max_extra_length}, "
-            f"max_input_length {self.max_input_length}"
+            f"CTranslate2 {ctranslate2.__version__}: {directory}; {self.settings.strategy} "
+            f"search, beam {self.settings.beam_size}, length_penalty {self.settings.alpha}, "
+            f"outputs up to bucket + {self.settings.max_extra_length} subwords, inputs up to "
+            f"{self.max_input_length} subwords"
         )
 
     def encode(self, text: str) -> Encoded:
@@ -99,13 +93,13 @@ class CTranslate2Backend:
         return Encoded(tuple(pieces[:limit]), bucket, len(pieces) > limit)
 
     def decode_batch(self, batch: Sequence[Encoded]) -> list[Decoded]:
-        max_decoding_length = batch[0].bucket + self.max_extra_length
+        max_decoding_length = batch[0].bucket + self.settings.max_extra_length
         if self.max_length is not None:
             max_decoding_length = min(max_decoding_length, self.max_length)
         results = self.translator.translate_batch(
             [list(e.tokens) for e in batch],
-            beam_size=self.beam_size,
-            length_penalty=self.alpha,
+            beam_size=self.settings.beam_size,
+            length_penalty=self.settings.alpha,
             max_decoding_length=max_decoding_length,
             max_batch_size=self.max_rows,
             min_decoding_length=0,  # EOS may come first, as in our searches

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from decoding import translate_tokens
+from decoding.settings import DecodeSettings
 from decoding.translator import bucket_length, encode_texts, output_ids
 from serving.backend import Decoded, Encoded
 from training.restoring import Restored
@@ -38,35 +39,31 @@ class JaxBackend:
     def __init__(
         self,
         restored: Restored,
+        settings: DecodeSettings,
         *,
-        beam_size: int,
-        alpha: float,
-        max_extra_length: int,
         max_input_length: int,
         max_rows: int,
     ) -> None:
+        """Decodes with `settings` (its batch_size is not used: batches have 1..max_rows
+        sentences)."""
         model_max = restored.model.config.max_length
         if not 2 <= max_input_length <= model_max:
             raise ValueError(
                 f"max_input_length={max_input_length} must be between 2 and the model's "
                 f"max_length={model_max}."
             )
-        if beam_size < 1 or alpha < 0 or max_extra_length < 0 or max_rows < 1:
-            raise ValueError(
-                "beam_size and max_rows must be >= 1, alpha and max_extra_length >= 0; got "
-                f"{beam_size}, {max_rows}, {alpha}, {max_extra_length}."
-            )
-        self.restored = restored
-        self.beam_size, self.alpha = beam_size, alpha
-        self.max_extra_length, self.max_input_length = max_extra_length, max_input_length
-        self.max_rows = max_rows
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, got {max_rows}.")
+        self.restored, self.settings = restored, settings
+        self.max_input_length, self.max_rows = max_input_length, max_rows
         self.source_lang = restored.config.data.source_lang
         self.target_lang = restored.config.data.target_lang
         steps = restored.steps
         which = f"step {steps[-1]}" if len(steps) == 1 else f"the mean of steps {steps}"
         self.description = (
-            f"JAX: {which} of {restored.checkpoints_dir}, beam_size {beam_size}, alpha {alpha}, "
-            f"max_extra_length {max_extra_length}, max_input_length {max_input_length}"
+            f"JAX: {which} of {restored.checkpoints_dir}; {settings.strategy} search, beam "
+            f"{settings.beam_size}, alpha {settings.alpha}, outputs up to input + "
+            f"{settings.max_extra_length} subwords, inputs up to {max_input_length} subwords"
         )
 
     def buckets(self) -> list[int]:
@@ -85,14 +82,14 @@ class JaxBackend:
         max_lengths = np.zeros((num_rows,), np.int32)  # and decode nothing
         for row, ids in enumerate(rows):
             inputs[row, : len(ids)] = ids
-            max_lengths[row] = min(len(ids) + self.max_extra_length, model_max)
+            max_lengths[row] = min(len(ids) + self.settings.max_extra_length, model_max)
         outputs = translate_tokens(
             self.restored.model,
             self.restored.params,
             inputs,
-            beam_size=self.beam_size,
-            alpha=self.alpha,
-            max_decode_length=min(bucket + self.max_extra_length, model_max),
+            beam_size=self.settings.beam_size,
+            alpha=self.settings.alpha,
+            max_decode_length=min(bucket + self.settings.max_extra_length, model_max),
             max_lengths=max_lengths,
         )
         return np.asarray(jax.device_get(outputs))

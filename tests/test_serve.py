@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from num2words import num2words
 
+from decoding.settings import DecodeSettings
 from serving.jax_backend import JaxBackend
 from tests import train_runner
 from tests.test_translate import sharp_checkpoint, workdir  # noqa: F401  (fixtures)
@@ -206,9 +207,8 @@ def test_sigterm_during_load_answers_every_request_in_flight_and_exits_0(
 @pytest.mark.slow
 def test_a_sentence_translates_the_same_alone_and_in_any_batch(sharp_checkpoint):  # noqa: F811
     restored = restoring.restore_for_translation(sharp_checkpoint)
-    backend = JaxBackend(
-        restored, beam_size=2, alpha=0.6, max_extra_length=5, max_input_length=16, max_rows=8
-    )
+    settings = DecodeSettings.from_config(restored.config.decode, beam_size=2, max_extra_length=5)
+    backend = JaxBackend(restored, settings, max_input_length=16, max_rows=8)
     encoded = [backend.encode(sentence) for sentence in SENTENCES]
     by_bucket = [e for e in encoded if e.bucket == encoded[0].bucket][:7]
     alone = [backend.decode_batch([e])[0].text for e in by_bucket]  # 1 row

@@ -11,6 +11,7 @@ import pytest
 import sentencepiece as spm
 from starlette.testclient import TestClient
 
+from decoding.settings import DecodeSettings
 from serving.app import ServerSettings, create_app
 from serving.jax_backend import JaxBackend
 from serving.requests import Limits
@@ -37,9 +38,9 @@ def test_ctranslate2_backend_serves_the_plain_recipe_and_matches_jax_greedy(expo
     restored, directory = exported
     info = json.loads((directory / "export.json").read_text())
     assert info["max_length"] == MAX_LENGTH
-    settings = dict(beam_size=1, alpha=0.0, max_extra_length=MAX_LENGTH, max_rows=8)
+    settings = dict(beam_size=1, alpha=0.0, max_extra_length=MAX_LENGTH)
     backend = CTranslate2Backend(
-        directory, source_lang="en", target_lang="de", max_input_length=16, **settings
+        directory, source_lang="en", target_lang="de", max_input_length=16, max_rows=8, **settings
     )
     app = create_app(lambda: backend, ServerSettings(8, 5, 100, 60, Limits(5000, 64)))
     with TestClient(app) as client:
@@ -71,7 +72,8 @@ def test_ctranslate2_backend_serves_the_plain_recipe_and_matches_jax_greedy(expo
     assert len(set(served)) >= 4, served  # outputs depend on the input
 
     # The JAX backend's greedy search, both limited by the model's positions only.
-    jax_backend = JaxBackend(restored, max_input_length=16, **settings)
+    jax_settings = DecodeSettings.from_config(restored.config.decode, **settings)
+    jax_backend = JaxBackend(restored, jax_settings, max_input_length=16, max_rows=8)
     encoded = [jax_backend.encode(sentence) for sentence in SENTENCES]
     bucket = encoded[0].bucket
     same_bucket = [i for i, e in enumerate(encoded) if e.bucket == bucket][:8]

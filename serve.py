@@ -21,6 +21,7 @@ from training.host_memory import use_huge_pages
 if __name__ == "__main__":
     use_huge_pages()  # before JAX loads: may re-execute this program (training/host_memory.py)
 
+import contextlib
 import logging as std_logging
 import os
 import signal
@@ -250,7 +251,8 @@ def main(argv: Sequence[str]) -> None:
     # that does nothing, so a graceful shut-down exits 0.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, lambda *_: None)
-    server.run()
+    with contextlib.suppress(SystemExit):  # uvicorn could not listen (it logged why)
+        server.run()
     if failures:
         message, code = f"serve.py: error: {failures[0]}", 1
     elif not server.started:

@@ -82,12 +82,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.adam_eps = 1e-9  # Adam epsilon (paper: 1e-9)
     config.weight_decay = 0.0  # decoupled weight decay (AdamW); 0 = plain Adam
     config.grad_clip_norm = 0.0  # clip gradients to this global norm; 0 = off
-    # Micro-batches accumulated per update (optax.MultiSteps). Steps (num_train_steps, the
-    # *_every_steps) count batches of batch_size rows; the schedule counts updates.
+    # Micro-batches accumulated per update, weighted by their tokens: the update of one batch
+    # holding them all. Steps (num_train_steps, the *_every_steps) count batches of batch_size
+    # rows; the schedule counts updates.
     config.grad_accum_steps = 1
     config.label_smoothing = 0.1  # epsilon_ls
     config.mesh_shape = (-1, 1, 1)  # devices along (data, fsdp, tensor); -1 = the rest
     config.log_every_steps = 100  # progress line, TensorBoard and metrics.jsonl
+    # Train steps dispatched ahead of the device (0 = no bound). SIGTERM is noticed at a step
+    # boundary, so it is honoured within about this many step times plus the save.
+    config.max_steps_in_flight = 2
     config.eval_every_steps = 5000  # validation loss/accuracy and BLEU
     config.num_eval_batches = -1  # validation batches per evaluation (-1 = whole split)
     config.eval_batch_size = 64  # global rows per evaluation/prediction batch

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from jax.experimental import multihost_utils
+from jax.sharding import Sharding
 
 from data.special_tokens import cut_at_eos, truncate_keeping_eos
 from decoding.beam_search import beam_search
@@ -130,9 +132,14 @@ def translate_texts(
     texts: Sequence[str],
     settings: DecodeSettings,
     max_input_length: int,
+    rows: Sharding | None = None,
 ) -> list[str]:
     """Translates `texts` in order with `settings` (strategy, beam, alpha, extra length,
     batch size); a blank text gives "".
+
+    With `rows` (a sharding of [batch_size, ...] arrays, e.g. rows split over a mesh's data
+    axes and hosts), every device decodes only its rows of each batch; every host must call
+    this with the same texts, and every host gets all translations.
 
     Inputs longer than max_input_length tokens are truncated (a warning says how many). Each
     output is at most min(input length + settings.max_extra_length, model max_length) tokens.
@@ -165,6 +172,8 @@ def translate_texts(
         for row, i in enumerate(batch):
             inputs[row, : len(all_ids[i])] = all_ids[i]
             max_lengths[row] = min(len(all_ids[i]) + max_extra_length, model_max)
+        if rows is not None:
+            inputs, max_lengths = (_place(array, rows) for array in (inputs, max_lengths))
         outputs = translate_tokens(
             model,
             params,
@@ -174,10 +183,22 @@ def translate_texts(
             max_decode_length=min(source_length + max_extra_length, model_max),
             max_lengths=max_lengths,
         )
-        outputs = np.asarray(jax.device_get(outputs))
+        outputs = _fetch(outputs)
         for row, i in enumerate(batch):
             translations[i] = tokenizer.decode(output_ids(outputs[row]))
     return translations
+
+
+def _place(array: np.ndarray, sharding: Sharding) -> Array:
+    """A global array laid out by `sharding` from the same host array on every host."""
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def _fetch(array: Array) -> np.ndarray:
+    """The whole of a (possibly multi-host) array on this host."""
+    if array.is_fully_addressable:
+        return np.asarray(jax.device_get(array))
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
 def cross_attention_weights(

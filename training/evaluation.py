@@ -2,13 +2,15 @@
 
 Loss and accuracy are teacher-forced over padded validation batches (all hosts take part,
 each with its slice of every batch). BLEU decodes the first `num_bleu_examples` validation
-sentences with `decoding.translate_texts` (beam size and length penalty from config.decode)
+sentences with `decoding.translate_texts` (beam size and length penalty from config.decode),
+each decoding batch split over the mesh's batch axes and the hosts as training batches are,
 and scores them against the references with sacreBLEU's corpus BLEU; exact match (the share
 of outputs equal to their reference) is reported with it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,11 +52,20 @@ def translate(
     sources: Sequence[str],
     decode_config: Any,
     max_input_length: int,
+    mesh: Mesh | None = None,
 ) -> list[str]:
-    """Translations of `sources` with the beam size, length penalty, length margin and batch
-    size of `decode_config` (config.decode)."""
+    """Translations of `sources` with the decode settings of `decode_config` (config.decode).
+    Given a `mesh`, each batch (its size rounded up to a multiple of the mesh's batch shards)
+    is split over those shards and the hosts; every host calls this with the same sources."""
     settings = DecodeSettings.from_config(decode_config)
-    return translate_texts(model, params, tokenizer, list(sources), settings, max_input_length)
+    rows = None
+    if mesh is not None:
+        ways = partitioning.batch_axis_size(mesh)
+        settings = dataclasses.replace(settings, batch_size=-(-settings.batch_size // ways) * ways)
+        rows = partitioning.batch_sharding(mesh)
+    return translate_texts(
+        model, params, tokenizer, list(sources), settings, max_input_length, rows=rows
+    )
 
 
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
@@ -123,6 +134,7 @@ class Evaluator:
             [s for s, _ in self.decoded_pairs],
             config.decode,
             config.data.max_predict_length,
+            self.mesh,
         )
         if config.num_bleu_examples != 0:
             references = [t for _, t in self.decoded_pairs]

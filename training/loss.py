@@ -57,11 +57,6 @@ def loss_sums(
     }
 
 
-def add_sums(a: Mapping[str, Array], b: Mapping[str, Array]) -> dict[str, Array]:
-    """Elementwise sum of two metric-sum dicts with the same keys."""
-    return {key: a[key] + b[key] for key in a}
-
-
 def summarize(sums: Mapping[str, float | np.ndarray]) -> dict[str, float]:
     """Sums -> per-token means: loss (label-smoothed), nll, perplexity, accuracy, and the
     number of non-padding tokens. Other entries (e.g. `grad_norm_sum`) are averaged over

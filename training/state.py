@@ -1,8 +1,8 @@
 """The train state (step, parameters, optimizer state), the optimizer and its schedules.
 
 A "step" is one call of the train step on one batch of `config.batch_size` rows. With
-`grad_accum_steps = k`, optax.MultiSteps applies an update every k steps, and the learning
-rate schedule counts those updates.
+`grad_accum_steps = k`, an update is applied every k steps, equal to the update of one batch
+holding all k (training/accumulation.py), and the learning rate schedule counts updates.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 from model import Transformer
 from model.parameters import init_params
 from training import partitioning
+from training.accumulation import accumulate_by_tokens
 
 SCHEDULES = ("rsqrt", "cosine", "constant")
 
@@ -75,7 +76,9 @@ def make_optimizer(
     config: ml_collections.ConfigDict, schedule: optax.Schedule
 ) -> optax.GradientTransformation:
     """Adam(b1, b2, eps) on `schedule`, optionally with decoupled weight decay on matrices,
-    global-norm clipping before it, and MultiSteps gradient accumulation around it."""
+    global-norm clipping before it, and token-weighted gradient accumulation around it.
+
+    Its `update` takes the batch's token count as the extra argument `tokens`."""
     parts = []
     if config.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
@@ -94,10 +97,9 @@ def make_optimizer(
         parts.append(
             optax.adam(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
         )
-    optimizer = optax.chain(*parts)
+    optimizer = optax.chain(*parts)  # ignores the `tokens` argument
     if config.grad_accum_steps > 1:
-        optimizer = optax.MultiSteps(optimizer, every_k_schedule=config.grad_accum_steps)
-        optimizer = optimizer.gradient_transformation()
+        optimizer = accumulate_by_tokens(optimizer, config.grad_accum_steps)
     return optimizer
 
 

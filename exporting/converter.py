@@ -27,7 +27,7 @@ import numpy as np
 from ctranslate2.converters.converter import Converter
 from ctranslate2.specs import common_spec, transformer_spec
 
-from data.tokenizer import EOS_ID, PAD_ID, UNK_ID
+from data.special_tokens import EOS_ID, PAD_ID, UNK_ID
 from model import TransformerConfig
 from model.embedding import sinusoidal_table
 

@@ -11,17 +11,20 @@ and renamed into place.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 from pathlib import Path
 
 import ctranslate2
-import numpy as np
 import sentencepiece as spm
 from ctranslate2.specs.model_spec import ACCEPTED_MODEL_TYPES
 
+from data.special_tokens import PAD_ID
+from decoding.settings import DecodeSettings, max_input_length
 from exporting.converter import FlaxTransformerConverter
+from exporting.options import translate_options
 from training.restoring import Restored
 
 QUANTIZATIONS = ACCEPTED_MODEL_TYPES  # int8, int8_float32, ..., int16, float16, bfloat16, float32
@@ -44,8 +47,17 @@ def vocabulary(restored: Restored) -> list[str]:
     return pieces
 
 
-def check_output_dir(output_dir: Path, force: bool) -> None:
+def check_quantization(quantization: str | None) -> None:
+    """Refuses a quantization CTranslate2 does not know (None: float32, as trained)."""
+    if quantization is not None and quantization not in QUANTIZATIONS:
+        raise ExportError(
+            f"Unknown quantization {quantization!r}: choose one of {', '.join(QUANTIZATIONS)}."
+        )
+
+
+def check_output_dir(output_dir: str | os.PathLike, force: bool) -> None:
     """Refuses a file, or a non-empty directory unless `force`."""
+    output_dir = Path(output_dir)
     if output_dir.is_file():
         raise ExportError(f"{output_dir} is a file: pass a directory for --output.")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not force:
@@ -66,22 +78,18 @@ def export_checkpoint(
     `output_dir`, its weights quantized as `quantization` (one of QUANTIZATIONS; None keeps
     float32). Returns the directory. Raises ExportError for a bad quantization or an
     existing non-empty directory (replaced only with `force`)."""
-    if quantization is not None and quantization not in QUANTIZATIONS:
-        raise ExportError(
-            f"Unknown quantization {quantization!r}: choose one of {', '.join(QUANTIZATIONS)}."
-        )
+    check_quantization(quantization)
     output_dir = Path(output_dir).absolute()
     check_output_dir(output_dir, force)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     partial = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        converter = FlaxTransformerConverter(
-            restored.model.config, restored.params, vocabulary(restored)
-        )
+        pieces = vocabulary(restored)
+        converter = FlaxTransformerConverter(restored.model.config, restored.params, pieces)
         converter.convert(str(partial), quantization=quantization)
         (partial / TOKENIZER_FILE).write_bytes(restored.tokenizer.to_bytes())
-        info = export_info(restored, quantization)
+        info = export_info(restored, quantization, pieces)
         (partial / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         _replace_dir(partial, output_dir)
     finally:
@@ -89,26 +97,27 @@ def export_checkpoint(
     return output_dir
 
 
-def export_info(restored: Restored, quantization: str | None) -> dict:
-    """What export.json records: the source checkpoint(s) and what a caller needs to know."""
+def export_info(restored: Restored, quantization: str | None, pieces: list[str]) -> dict:
+    """What export.json records: the source checkpoint(s), the positions the model has, and
+    the translate_batch options that decode as translate.py with config.decode does."""
+    max_length = restored.model.config.max_length
+    settings = DecodeSettings.from_config(restored.config.decode)
     return {
         "checkpoints_dir": str(restored.checkpoints_dir),
         "steps": list(restored.steps),  # one step, or those averaged
         "quantization": quantization or "float32",
         "ctranslate2_version": ctranslate2.__version__,
-        # Longest source, EOS included (translate_batch(max_input_length=...)), and longest
-        # decoder input (max_decoding_length): positions past it have no encoding.
-        "max_length": restored.model.config.max_length,
-        # The longest source translate.py feeds the model (config.data.max_predict_length).
-        "max_input_length": min(
-            restored.config.data.max_predict_length, restored.model.config.max_length
+        "max_length": max_length,  # positions: source tokens with EOS, decoder steps
+        "max_input_length": max_input_length(restored.config),
+        "decode": dataclasses.asdict(settings),  # exporting.ExportedTranslator's default
+        # For translate_batch called directly: decodes as translate.py, within the positions.
+        "translate_options": translate_options(
+            pieces[PAD_ID],
+            settings,
+            max_input_length=max_input_length(restored.config),
+            max_decoding_length=max_length,
         ),
-        "decode": {key: _plain(value) for key, value in restored.config.decode.items()},
     }
-
-
-def _plain(value):
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def _replace_dir(new: Path, target: Path) -> None:

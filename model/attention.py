@@ -164,6 +164,15 @@ class MultiHeadAttention(nn.Module):
         y = project(out, self._cast(self.out_kernel), num_contracting=2)  # [batch, q_len, embed]
         return nn.with_logical_constraint(y, ("batch", "length", "embed"))
 
+    def attend_cached(self, q: Array, keys: Array, values: Array, mask: Array) -> Array:
+        """One decoding step: q [batch * rows, 1, heads, head_dim] against a per-sentence
+        cache (`cached_attention`), then W^O. Returns [batch * rows, 1, embed]."""
+        batch = keys.shape[0]
+        q = q.reshape(batch, -1, *q.shape[2:])  # [batch, rows, heads, head_dim]
+        out = cached_attention(q, keys, values, mask)
+        out = out.reshape(-1, 1, *out.shape[2:])  # [batch * rows, 1, heads, head_dim]
+        return project(out, self._cast(self.out_kernel), num_contracting=2)
+
     def __call__(
         self,
         x: Array,  # [batch, q_len, embed]
@@ -177,3 +186,51 @@ class MultiHeadAttention(nn.Module):
             q = self.project_query(x)
             k, v = self.project_key_value(memory)
         return self.attend(q, k, v, mask, deterministic)
+
+
+# ------------------------------------------------------------------ cached decoding
+# One decoding step has a single new query position per hypothesis. The cache keeps keys and
+# values per *sentence*, in the layouts XLA:CPU's batched matrix products read directly
+# (no per-step transposes): keys [batch, heads, head_dim, kv_len], values [batch, heads,
+# kv_len, head_dim]. The hypotheses (beams) of a sentence are the rows of one product.
+
+
+def to_cache_layout(keys: Array, values: Array) -> tuple[Array, Array]:
+    """keys, values [batch, length, heads, head_dim] -> keys [batch, heads, head_dim, length],
+    values [batch, heads, length, head_dim]."""
+    return keys.transpose(0, 2, 3, 1), values.transpose(0, 2, 1, 3)
+
+
+def write_cache(
+    keys: Array,  # [batch, heads, head_dim, max_len * beams]
+    values: Array,  # [batch, heads, max_len * beams, head_dim]
+    new_keys: Array,  # [batch * beams, 1, heads, head_dim]: position `index` of every beam
+    new_values: Array,  # [batch * beams, 1, heads, head_dim]
+    index: Array,  # scalar int: the position being written
+) -> tuple[Array, Array]:
+    """Writes position `index` of every beam in place: column index * beams + beam."""
+    batch, heads, head_dim = keys.shape[:3]
+    new_keys = new_keys.reshape(batch, -1, heads, head_dim)  # [batch, beams, heads, head_dim]
+    new_values = new_values.reshape(batch, -1, heads, head_dim)
+    start = index * new_keys.shape[1]
+    keys = jax.lax.dynamic_update_slice_in_dim(keys, new_keys.transpose(0, 2, 3, 1), start, 3)
+    values = jax.lax.dynamic_update_slice_in_dim(
+        values, new_values.transpose(0, 2, 1, 3), start, 2
+    )
+    return keys, values
+
+
+def cached_attention(
+    query: Array,  # [batch, rows, heads, head_dim]: one position of each of `rows` hypotheses
+    keys: Array,  # [batch, heads, head_dim, kv_len]
+    values: Array,  # [batch, heads, kv_len, head_dim]
+    mask: Array,  # bool [batch, rows or 1, kv_len]; True = attend
+) -> Array:
+    """softmax(q Kᵀ / √d_k) V for one query position -> [batch, rows, heads, head_dim]."""
+    query = query * jnp.asarray(query.shape[-1] ** -0.5, query.dtype)
+    logits = jnp.einsum(
+        "bqhd,bhdk->bhqk", query, keys, preferred_element_type=jnp.float32
+    )  # [batch, heads, rows, kv_len]
+    logits = jnp.where(mask[:, None], logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
+    return jnp.einsum("bhqk,bhkd->bqhd", weights, values)

@@ -24,20 +24,26 @@ Token ids: pad=0, eos=1, unk=2, no bos (the model uses 0 as the begin token).
 `train_iterator(config, tokenizer, *, process_index, process_count) -> TrainIterator` - infinite,
     dicts of int32 [config.batch_size // process_count, data.max_length] with keys inputs,
     targets, inputs_segment_ids, targets_segment_ids (1, 2, ... per packed example; 0 = pad),
-    inputs_positions, targets_positions (restart at 0 per example). Reshuffled every epoch from
-    config.seed; examples longer than max_length dropped (counted, logged). The global batch
-    does not depend on process_count: each process gets rows [i * n, (i + 1) * n) of it.
-    `.get_state()` (JSON-serializable) / `.set_state(state)`: resume with exactly the next batch.
+    inputs_positions, targets_positions (restart at 0 per example). Reads the training split's
+    token ids, tokenized once per tokenizer into data.prepared_dir/token_ids/ (the first call
+    tokenizes; every process may call it). Reshuffled every epoch from config.seed; examples
+    longer than max_length dropped (counted, logged). Each process packs only its own
+    data.virtual_shards / process_count virtual shards, and the global batch does not depend on
+    process_count: each process gets rows [i * n, (i + 1) * n) of it (data/shards.py).
+    `.get_state()` (JSON-serializable, this process's shards) / `.set_state(state)`: resume
+    with exactly the next batch; `set_state` also takes the list of every process's states of
+    a run on another process count (any count dividing data.virtual_shards).
 `eval_batches(config, tokenizer, split, *, batch_size, process_index=0, process_count=1)
     -> list[dict]` - inputs, targets int32 [batch_size // process_count, data.max_eval_length],
     unpacked, every example once in order; the last batch padded with all-zero rows; longer
     examples truncated (EOS kept).
 `DataError(ValueError)` - bad data or configuration; the message is one line.
 
-Sources (config.data.source): 'numbers' (generated, the default), 'text_files' (your SPLIT.LANG
-files in data.dir, e.g. Multi30k), 'tfds' (a prebuilt dataset; build one where the internet is
-reachable with `tfds build wmt14_translate/de-en --file_format=array_record --data_dir=DIR`
-and set data.tfds_data_dir=DIR; see data/sources.py).
+Sources (config.data.source, a registry: data/registry.py): 'numbers' (generated, the default),
+'text_files' (your SPLIT.LANG files in data.dir, e.g. Multi30k), 'tfds' (a prebuilt dataset;
+build one where the internet is reachable with `tfds build wmt14_translate/de-en
+--file_format=array_record --data_dir=DIR` and set data.tfds_data_dir=DIR; see
+data/tfds_source.py). A new source is one module (see data/registry.py).
 """
 
 import json

@@ -36,7 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
     data.max_eval_length = 256  # evaluation: longer examples are truncated
     data.max_predict_length = 256  # prediction: longest source fed to the decoder
     data.pack = True  # pack several examples per training row
-    data.read_threads = 1  # threads reading+tokenizing examples ahead of packing (0 = inline)
+    # Virtual shards of the training stream (data/shards.py): each host packs V / hosts of them,
+    # and a run resumes on any host count dividing V. Must divide batch_size; 0 = batch_size.
+    data.virtual_shards = 0
     data.prefetch_batches = 2  # batches prepared ahead in a background thread (0 = none)
 
     # ---------------------------------------------------------------- model

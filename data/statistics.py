@@ -4,7 +4,7 @@ from typing import Any
 
 import numpy as np
 
-from data import sources, streams
+from data import sources, streams, token_ids
 from data.tokenizer import UNK_ID, Tokenizer
 
 
@@ -21,7 +21,12 @@ def length_summary(lengths: np.ndarray) -> dict[str, float]:
 
 
 def split_lengths(data_config, tokenizer: Tokenizer, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Token counts (with EOS) of the sources and targets of `split`: two int arrays [examples]."""
+    """Token counts (with EOS) of the sources and targets of `split`: two int arrays [examples].
+
+    The training split's come from its stored token ids (tokenized once, data/token_ids.py)."""
+    if split == data_config.train_split:
+        ids = token_ids.training_token_ids(data_config, tokenizer)
+        return ids.lengths["inputs"], ids.lengths["targets"]
     pairs = sources.raw_examples(data_config, split)
     source_ids = tokenizer.encode_batch([source for source, _ in pairs])
     target_ids = tokenizer.encode_batch([target for _, target in pairs])
@@ -91,6 +96,7 @@ def corpus_statistics(config, tokenizer: Tokenizer, *, max_packing_batches: int)
 
 def unknown_token_fraction(data_config, tokenizer: Tokenizer, sample: int = 2000) -> float:
     """Fraction of unknown-token ids in the first `sample` training target sentences."""
-    pairs = sources.raw_examples(data_config, data_config.train_split)[:sample]
-    ids = np.concatenate([np.array(i) for i in tokenizer.encode_batch([t for _, t in pairs])])
+    ids = token_ids.training_token_ids(data_config, tokenizer)
+    count = min(sample, ids.num_examples)
+    ids = np.asarray(ids.ids["targets"][: ids.starts["targets"][count]])
     return round(float(np.mean(ids == UNK_ID)), 5)

@@ -1,23 +1,22 @@
 """Training and evaluation batches: what the model consumes.
 
-Training (`train_iterator`): the training split, globally shuffled with `config.seed` (a new
-order every epoch, grain's index shuffle), repeated forever, read and tokenized in chunks of
-READ_CHUNK examples, filtered by `data.max_length`, packed first-fit into rows of
-`data.max_length` tokens (grain's FirstFitPackIterDataset, one packing round per global batch)
-and batched into global batches of `config.batch_size` rows. Every process computes the same
-global batch and keeps its own slice of rows, so the global batch never depends on the number of
-processes, and an iterator state saved by a run on N hosts resumes a run on M hosts. The price
-is that every process packs the whole global batch; scripts/pipeline_throughput.py measures
-what one core delivers.
+Training (`train_iterator`): the training split's token ids, tokenized once and stored on disk
+(data/token_ids.py), shuffled anew every epoch from `config.seed`, filtered by
+`data.max_length`, split into `data.virtual_shards` virtual shards that each host packs on its
+own (data/shards.py: the design, and why the global batch and its resumption do not depend on
+the number of hosts), packed first-fit into rows of `data.max_length` tokens and copied out
+with vectorized numpy (data/packing.py). A background thread prepares `data.prefetch_batches`
+batches ahead. scripts/pipeline_throughput.py measures the tokens per second this delivers and
+the CPU time per global batch on one host of H.
 
 Packed rows (all int32 [rows, max_length]):
   inputs, targets               token ids, 0 = padding
   inputs_segment_ids, ...       1, 2, 3, ... = which example of the row; 0 = padding
   inputs_positions, ...         position within its example, restarting at 0
 
-Evaluation (`eval_batches`): a split in order, unpacked, each example exactly once, padded with
-all-zero rows up to whole batches (zero targets carry zero weight); over-long examples are
-truncated to `data.max_eval_length` (EOS kept last) and counted.
+Evaluation (`eval_batches`): a split in order, read as text, unpacked, each example exactly
+once, padded with all-zero rows up to whole batches (zero targets carry zero weight); over-long
+examples are truncated to `data.max_eval_length` (EOS kept last) and counted.
 """
 
 import copy
@@ -26,16 +25,14 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import grain
 import numpy as np
 from absl import logging
 
-from data import sources
+from data import sources, token_ids
 from data.errors import DataError
+from data.shards import STATE_FORMAT, ShardedBatches, owned_shards
 from data.tokenizer import EOS_ID, Tokenizer
 
-# Training records are read (one batched array_record read) and tokenized this many at a time.
-READ_CHUNK = 256
 TRAIN_KEYS = (
     "inputs",
     "targets",
@@ -58,80 +55,24 @@ def rows_per_process(batch_size: int, process_index: int, process_count: int) ->
     return batch_size // process_count
 
 
-class ReadChunk:
-    """Chunk number i -> the examples at positions [i * size, (i + 1) * size) of the endless
-    shuffled order that fit in `max_length`, as {'inputs': int32[n], 'targets': int32[m]} (EOS
-    appended). One batched array_record read and one batched tokenizer call per chunk (several
-    times faster than record by record). Counts what it keeps and drops."""
-
-    def __init__(
-        self,
-        records,
-        order: grain.MapDataset,
-        size: int,
-        tokenizer: Tokenizer,
-        languages: tuple[str, str],
-        max_length: int,
-    ):
-        self.records, self.order, self.size = records, order, size
-        self.tokenizer, self.languages, self.max_length = tokenizer, languages, max_length
-        self.kept = 0
-        self.dropped = 0
-        self._lock = threading.Lock()  # grain may call from several reading threads
-
-    def __call__(self, chunk: int) -> list[dict[str, np.ndarray]]:
-        indices = [self.order[chunk * self.size + i] for i in range(self.size)]
-        records = self.records.__getitems__(indices)
-        source_lang, target_lang = self.languages
-        inputs = self.tokenizer.encode_batch([r[source_lang].decode() for r in records])
-        targets = self.tokenizer.encode_batch([r[target_lang].decode() for r in records])
-        examples = [
-            {"inputs": np.asarray(i, np.int32), "targets": np.asarray(t, np.int32)}
-            for i, t in zip(inputs, targets, strict=True)
-            if max(len(i), len(t)) <= self.max_length
-        ]
-        with self._lock:
-            self.kept += len(examples)
-            self.dropped += len(records) - len(examples)
-        return examples
-
-
-class Unchunk(grain.experimental.FlatMapTransform):
-    """A list of examples -> the examples one by one."""
-
-    max_fan_out = READ_CHUNK
-
-    def flat_map(self, chunk: list) -> list:
-        return chunk
-
-
 class TrainIterator(Iterator[dict[str, np.ndarray]]):
-    """Infinite iterator over this process's slice of each packed global batch.
+    """Infinite iterator over this process's rows of each packed global batch.
 
-    `get_state()` is JSON-serializable and describes the position after the batch last yielded;
-    `set_state(state)` makes the next batch exactly the one that followed it. A background
-    thread prepares up to `prefetch` batches ahead (0 = none) without affecting the state.
+    `get_state()` is JSON-serializable and describes the position after the batch last yielded
+    (this process's virtual shards only); `set_state(state)` makes the next batch exactly the
+    one that followed it. `set_state` also takes the list of the states saved by every process
+    of a run on another number of processes. A background thread prepares up to `prefetch`
+    batches ahead (0 = none) without affecting the state.
     """
 
-    def __init__(
-        self,
-        global_batches: grain.IterDataset,
-        *,
-        rows: slice,
-        prefetch: int,
-        reader: ReadChunk,
-        signature: dict[str, Any],
-    ):
-        self._iterator = iter(global_batches)
-        self._rows = rows
+    def __init__(self, batches: ShardedBatches, *, prefetch: int, signature: dict[str, Any]):
+        self._batches = batches
         self._prefetch = prefetch
-        self._reader = reader  # its kept/dropped counts are logged
         self._signature = signature  # what a saved state must match to be restored here
-        self._state = copy.deepcopy(self._iterator.get_state())
+        self._state = batches.get_state()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._queue: queue.Queue = queue.Queue()
-        self._next_drop_report = 1
 
     def _stop_thread(self) -> None:
         if self._thread is not None:
@@ -141,54 +82,60 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
 
     def __next__(self) -> dict[str, np.ndarray]:
         if self._prefetch <= 0:
-            batch, self._state = _next_host_batch(self._iterator, self._rows)
-        else:
-            if self._thread is None:
-                self._stop = threading.Event()
-                self._queue = queue.Queue(maxsize=self._prefetch)
-                self._thread = threading.Thread(
-                    target=_produce,
-                    args=(self._iterator, self._rows, self._stop, self._queue),
-                    daemon=True,
-                )
-                self._thread.start()
-            item = self._queue.get()
-            if isinstance(item, BaseException):
-                self._thread = None
-                raise item
-            batch, self._state = item
-        self._report_drops()
-        return batch
-
-    def _report_drops(self) -> None:
-        dropped = self._reader.dropped
-        if dropped >= self._next_drop_report:
-            logging.info(
-                "Dropped %d of %d training examples read so far: longer than max_length=%d tokens",
-                dropped,
-                dropped + self._reader.kept,
-                self._reader.max_length,
+            batch, self._state = self._batches.next_batch(), self._batches.get_state()
+            return batch
+        if self._thread is None:
+            self._stop = threading.Event()
+            self._queue = queue.Queue(maxsize=self._prefetch)
+            self._thread = threading.Thread(
+                target=_produce, args=(self._batches, self._stop, self._queue), daemon=True
             )
-            while self._next_drop_report <= dropped:
-                self._next_drop_report *= 2
+            self._thread.start()
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._thread = None
+            raise item
+        batch, self._state = item
+        return batch
 
     def get_state(self) -> dict[str, Any]:
         """Position after the last yielded batch (JSON-serializable)."""
-        return {"grain": copy.deepcopy(self._state), **self._signature}
+        return {**copy.deepcopy(self._state), **self._signature}
 
-    def set_state(self, state: dict[str, Any]) -> None:
-        """Continue from `state`: the next batch is the one that followed it."""
+    def set_state(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """Continue from `state` (this process's saved state, or the list of the states of all
+        processes of a run with another process count): the next batch is the one that
+        followed it. A state of the previous pipeline (format 1) cannot be continued: the data
+        then restarts from the beginning, with a warning."""
+        states = state if isinstance(state, list) else [state]
+        if any(s.get("format") != STATE_FORMAT for s in states):
+            logging.warning(
+                "The checkpoint's training data position was saved by the previous input "
+                "pipeline (before virtual shards) and cannot be continued: the training data "
+                "restarts from the beginning of its order."
+            )
+            return
+        for saved in states:
+            self._check_signature(saved)
+        self._stop_thread()
+        self._batches.set_state(states)
+        self._state = self._batches.get_state()
+
+    def _check_signature(self, saved: dict[str, Any]) -> None:
         mismatched = {
-            key: (state.get(key), value)
+            key: (saved.get(key), value)
             for key, value in self._signature.items()
-            if state.get(key) != value
+            if saved.get(key) != value
         }
         if mismatched:
             details = ", ".join(f"{k}: saved {s!r}, now {n!r}" for k, (s, n) in mismatched.items())
             raise DataError(f"cannot restore the training data position: {details}")
-        self._stop_thread()
-        self._iterator.set_state(copy.deepcopy(state["grain"]))
-        self._state = copy.deepcopy(state["grain"])
+        if saved["virtual_shards"] != self._batches.num_shards:
+            raise DataError(
+                f"the training data position was saved with data.virtual_shards="
+                f"{saved['virtual_shards']}, now {self._batches.num_shards}; set "
+                f"--config.data.virtual_shards={saved['virtual_shards']} to continue it"
+            )
 
     def close(self) -> None:
         """Stops the prefetch thread (it is a daemon thread, so exiting without this is fine)."""
@@ -198,14 +145,7 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         self._stop.set()  # an abandoned iterator's thread ends too
 
 
-def _next_host_batch(iterator, rows: slice) -> tuple[dict[str, np.ndarray], Any]:
-    """Next global batch cut to this process's rows, and the grain state after it."""
-    global_batch = next(iterator)
-    batch = {key: np.ascontiguousarray(global_batch[key][rows]) for key in TRAIN_KEYS}
-    return batch, copy.deepcopy(iterator.get_state())
-
-
-def _produce(iterator, rows: slice, stop: threading.Event, out: queue.Queue) -> None:
+def _produce(batches: ShardedBatches, stop: threading.Event, out: queue.Queue) -> None:
     """Prefetch thread: puts (batch, state after it) into `out` until `stop` is set; an error is
     put there too, for the consumer to raise.
 
@@ -222,62 +162,66 @@ def _produce(iterator, rows: slice, stop: threading.Event, out: queue.Queue) -> 
 
     try:
         while not stop.is_set():
-            put(_next_host_batch(iterator, rows))
-    except BaseException as e:
+            batch = batches.next_batch()
+            put((batch, batches.get_state()))
+    except BaseException as e:  # noqa: BLE001 - handed to the consumer
         put(e)
+
+
+def virtual_shard_count(config) -> int:
+    """data.virtual_shards, 0 meaning one per row of the global batch; must divide it."""
+    count = config.data.virtual_shards or config.batch_size
+    if count < 1 or config.batch_size % count:
+        raise DataError(
+            f"data.virtual_shards={count} must divide batch_size={config.batch_size} "
+            "(0 = one shard per row)"
+        )
+    return count
 
 
 def train_iterator(
     config, tokenizer: Tokenizer, *, process_index: int, process_count: int
 ) -> TrainIterator:
-    """This process's slice of the packed, shuffled, repeated training batches (module doc).
+    """This process's rows of the packed, shuffled, repeated training batches (module doc).
 
     Yields dicts of int32 [config.batch_size // process_count, config.data.max_length] under
-    TRAIN_KEYS. Same config and seed -> same batches.
+    TRAIN_KEYS. Same config and seed -> same global batches, whatever the process count.
     """
     data = config.data
-    rows_here = rows_per_process(config.batch_size, process_index, process_count)
+    rows_per_process(config.batch_size, process_index, process_count)
     if data.max_length < 2:
         raise DataError(f"data.max_length={data.max_length} leaves no room for a token and EOS")
-    records = sources.open_split(data, data.train_split)
-    # The endless example order: a new permutation of the split every epoch.
-    order = grain.MapDataset.range(len(records)).shuffle(seed=config.seed).repeat()
-    read_chunk = ReadChunk(
-        records,
-        order,
-        READ_CHUNK,
-        tokenizer,
-        (data.source_lang, data.target_lang),
-        data.max_length,
+    num_shards = virtual_shard_count(config)
+    shards = owned_shards(num_shards, process_index, process_count)
+    ids = token_ids.training_token_ids(data, tokenizer)
+    longest = np.maximum(ids.lengths["inputs"], ids.lengths["targets"])
+    fitting = np.flatnonzero(longest <= data.max_length).astype(np.int32)  # an index: 4 B each
+    if len(fitting) < ids.num_examples:
+        logging.info(
+            "%d of %d training examples are longer than max_length=%d tokens and never used",
+            ids.num_examples - len(fitting),
+            ids.num_examples,
+            data.max_length,
+        )
+    batches = ShardedBatches(
+        ids,
+        fitting,
+        seed=config.seed,
+        num_shards=num_shards,
+        shards=shards,
+        rows_per_shard=config.batch_size // num_shards,
+        max_length=data.max_length,
+        pack=bool(data.pack),
     )
-    chunks = (
-        grain.MapDataset.range(len(order) // READ_CHUNK)
-        .map(read_chunk)
-        .to_iter_dataset(grain.ReadOptions(num_threads=data.read_threads, prefetch_buffer_size=4))
-    )
-    examples = grain.experimental.FlatMapIterDataset(chunks, Unchunk())
-    packed_rows = grain.experimental.FirstFitPackIterDataset(
-        examples,
-        length_struct={"inputs": data.max_length, "targets": data.max_length},
-        num_packing_bins=config.batch_size,
-        shuffle_bins=False,
-        max_sequences_per_bin=None if data.pack else 1,
-    )
-    global_batches = packed_rows.batch(config.batch_size, drop_remainder=True)
     signature = {
         "seed": config.seed,
         "batch_size": config.batch_size,
         "max_length": data.max_length,
         "pack": bool(data.pack),
-        "train_examples": len(records),
+        "train_examples": ids.num_examples,
+        "tokenizer": ids.tokenizer_key,
     }
-    return TrainIterator(
-        global_batches,
-        rows=slice(process_index * rows_here, (process_index + 1) * rows_here),
-        prefetch=data.prefetch_batches,
-        reader=read_chunk,
-        signature=signature,
-    )
+    return TrainIterator(batches, prefetch=data.prefetch_batches, signature=signature)
 
 
 def truncate(ids: list[int], max_length: int) -> list[int]:

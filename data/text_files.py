@@ -5,7 +5,8 @@ line i of the source file translates line i of the target file. Files are UTF-8.
 whitespace is stripped; a line pair where either side is empty is dropped and counted.
 
 The files become a TFDS dataset (`TextFilesTranslation`) whose config name carries a fingerprint
-of the files (path, size, modification time), so a changed file gets prepared again.
+of the files (path, size, modification time), so a changed file gets prepared again. This
+module registers the 'text_files' source (data/registry.py).
 """
 
 import gzip
@@ -18,6 +19,8 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 
 from data.errors import DataError
+from data.generated import GeneratedSource
+from data.registry import register
 
 
 def find_split_file(directory: str, split: str, lang: str) -> Path:
@@ -168,3 +171,6 @@ class TextFilesTranslation(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
         source_path, target_path = cfg.files[split]
         for i, (source, target) in enumerate(read_parallel_lines(source_path, target_path, counts)):
             yield i, {cfg.source_lang: source, cfg.target_lang: target}
+
+
+SOURCE = register(GeneratedSource("text_files", TextFilesTranslation, text_files_config))

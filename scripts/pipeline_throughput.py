@@ -1,90 +1,181 @@
-"""How many packed target tokens per second the training input pipeline delivers on one core.
+"""What the training input pipeline costs: tokens per second on one host, CPU seconds per global
+batch on process 0 of H hosts, packing efficiency per virtual shard count. Prints JSON.
 
-    python scripts/pipeline_throughput.py --config=configs/multi30k.py [--num_batches=200]
+    python scripts/pipeline_throughput.py --config=configs/multi30k.py --batch_size=256 \\
+        [--baseline_dir=DIR] [--rounds=3] [--num_batches=100] [--process_counts=1,2,4,8]
 
-Pins the process to one CPU core (--cpu), builds the real training iterator (one process, the
-config's global batch), skips a few warm-up batches and times the next --num_batches. Prints
-non-pad target tokens/s (what the training step consumes), all row cells/s, examples/s and
-batches/s, once per --config.data.read_threads value given in --read_threads.
+Every figure is measured in a fresh subprocess (`--worker`) that builds the real training
+iterator (no prefetch thread, so all its work is in the timed calls), reads --warmup_batches
+and times the next --num_batches with `time.process_time` (CPU seconds of the whole process,
+threads included) and the wall clock. On a shared machine CPU seconds are the fair figure; the
+machine's load average is printed with the figures.
+
+--baseline_dir: another checkout of this project, e.g. made by
+`mkdir /tmp/before && git archive COMMIT | tar -x -C /tmp/before`; its pipeline is measured the
+same way, alternating with this one round by round, so "before" and "after" see the same load.
+Both read the corpus prepared in --prepared_dir.
 """
 
+import importlib.util
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
+REPO = Path(__file__).resolve().parents[1]
 
-import input_pipeline  # noqa: E402
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/multi30k.py", "Configuration file whose data and batch size are timed."
+_CONFIG = flags.DEFINE_string("config", "configs/multi30k.py", "Config file (repository path).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Global batch rows.")
+_MAX_LENGTH = flags.DEFINE_integer("max_length", 64, "Tokens per row.")
+_TOKENIZER = flags.DEFINE_string(
+    "tokenizer", "", "A sentencepiece model file; '' = train one into --workdir."
 )
-_WORKDIR = flags.DEFINE_string(
-    "workdir", "runs/throughput", "Where the tokenizer is trained (WORKDIR/tokenizer)."
+_WORKDIR = flags.DEFINE_string("workdir", "runs/throughput", "Where a tokenizer is trained.")
+_PREPARED_DIR = flags.DEFINE_string(
+    "prepared_dir", ".cache/data", "data.prepared_dir for every measurement."
 )
-_NUM_BATCHES = flags.DEFINE_integer("num_batches", 200, "Batches timed (after the warm-up).")
-_WARMUP_BATCHES = flags.DEFINE_integer("warmup_batches", 5, "Batches read before timing.")
-_CPU = flags.DEFINE_integer("cpu", 0, "CPU core to pin the process to (-1: do not pin).")
-_READ_THREADS = flags.DEFINE_list(
-    "read_threads", ["0", "1"], "Values of data.read_threads to time, one run each."
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir",
+    str(REPO.parent / "shared" / "data" / "multi30k"),
+    "data.dir of a text_files config (default: the Multi30k copy next to this repository).",
 )
+_BASELINE_DIR = flags.DEFINE_string("baseline_dir", "", "A checkout to compare with ('' = none).")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds of the throughput figure.")
+_NUM_BATCHES = flags.DEFINE_integer("num_batches", 100, "Batches timed per measurement.")
+_WARMUP_BATCHES = flags.DEFINE_integer("warmup_batches", 3, "Batches read before timing.")
+_PROCESS_COUNTS = flags.DEFINE_list("process_counts", ["1", "2", "4", "8"], "Simulated hosts.")
+_SHARD_COUNTS = flags.DEFINE_list(
+    "shard_counts", ["1", "8", "64", "0"], "data.virtual_shards values for packing efficiency."
+)
+_EFFICIENCY_BATCHES = flags.DEFINE_integer(
+    "efficiency_batches", 60, "Batches over which packing efficiency is counted."
+)
+_WORKER = flags.DEFINE_bool("worker", False, "Internal: measure once, print one JSON line.")
+_CODE_DIR = flags.DEFINE_string("code_dir", str(REPO), "Internal: whose input_pipeline to time.")
+_PROCESS_COUNT = flags.DEFINE_integer("process_count", 1, "Internal: hosts simulated.")
+_VIRTUAL_SHARDS = flags.DEFINE_integer("virtual_shards", 0, "Internal: data.virtual_shards.")
 
 
-def time_pipeline(config, tokenizer, num_batches: int, warmup_batches: int) -> dict[str, float]:
-    """Reads `warmup_batches`, then times `num_batches` batches of the training iterator."""
-    iterator = input_pipeline.train_iterator(config, tokenizer, process_index=0, process_count=1)
-    for _ in range(warmup_batches):
+def measure() -> dict:
+    """Worker: times process 0 of --process_count hosts of --code_dir's pipeline."""
+    sys.path.insert(0, _CODE_DIR.value)
+    import numpy as np
+
+    import input_pipeline
+
+    config_file = Path(_CODE_DIR.value) / _CONFIG.value
+    module_spec = importlib.util.spec_from_file_location("measured_config", config_file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config()
+    config.batch_size = _BATCH_SIZE.value
+    config.data.max_length = _MAX_LENGTH.value
+    config.data.prepared_dir = _PREPARED_DIR.value
+    config.data.prefetch_batches = 0
+    if config.data.source == "text_files":
+        config.data.dir = _DATA_DIR.value
+    if "virtual_shards" in config.data:
+        config.data.virtual_shards = _VIRTUAL_SHARDS.value
+    if _TOKENIZER.value:
+        tokenizer = input_pipeline.Tokenizer.load(_TOKENIZER.value)
+    else:
+        input_pipeline.prepare(config.data)
+        tokenizer = input_pipeline.get_tokenizer(config.data, _WORKDIR.value)
+    iterator = input_pipeline.train_iterator(
+        config, tokenizer, process_index=0, process_count=_PROCESS_COUNT.value
+    )
+    for _ in range(_WARMUP_BATCHES.value):
         next(iterator)
-    target_tokens = examples = 0
-    start = time.perf_counter()
-    for _ in range(num_batches):
+    target_tokens = cells = 0
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(_NUM_BATCHES.value):
         batch = next(iterator)
         target_tokens += int(np.count_nonzero(batch["targets"]))
-        examples += int(batch["targets_segment_ids"].max(axis=1).sum())
-    seconds = time.perf_counter() - start
-    iterator.close()
-    cells = num_batches * batch["targets"].size
+        cells += batch["targets"].size
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     return {
-        "target_tokens_per_s": target_tokens / seconds,
-        "cells_per_s": cells / seconds,
-        "examples_per_s": examples / seconds,
-        "batches_per_s": num_batches / seconds,
+        "process_count": _PROCESS_COUNT.value,
+        "virtual_shards": _VIRTUAL_SHARDS.value,
+        "cpu_s_per_global_batch": cpu / _NUM_BATCHES.value,
+        "host_target_tokens_per_cpu_s": target_tokens / cpu,
+        "host_target_tokens_per_wall_s": target_tokens / wall,
         "non_pad_fraction": target_tokens / cells,
     }
+
+
+def run_worker(code_dir: str, **overrides) -> dict:
+    args = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        f"--code_dir={code_dir}",
+        *(f"--{f}={flags.FLAGS[f].value}" for f in ("config", "batch_size", "max_length")),
+        *(f"--{f}={flags.FLAGS[f].value}" for f in ("tokenizer", "warmup_batches", "data_dir")),
+        f"--workdir={Path(_WORKDIR.value).absolute()}",
+        f"--prepared_dir={Path(_PREPARED_DIR.value).absolute()}",
+        *(f"--{key}={value}" for key, value in overrides.items()),
+    ]
+    result = subprocess.run(args, cwd=code_dir, capture_output=True, text=True, check=False)
+    if result.returncode:
+        sys.exit(f"error: the measurement in {code_dir} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if _CPU.value >= 0:
-        os.sched_setaffinity(0, {_CPU.value})
-    config = _CONFIG.value
-    try:
-        input_pipeline.prepare(config.data)
-        tokenizer = input_pipeline.get_tokenizer(config.data, _WORKDIR.value)
-    except input_pipeline.DataError as e:
-        sys.exit(f"error: {e}")
-    print(
-        f"source={config.data.source} batch={config.batch_size}x{config.data.max_length} "
-        f"prefetch_batches={config.data.prefetch_batches} "
-        f"cores={sorted(os.sched_getaffinity(0))}"
-    )
-    for read_threads in _READ_THREADS.value:
-        config.data.read_threads = int(read_threads)
-        figures = time_pipeline(config, tokenizer, _NUM_BATCHES.value, _WARMUP_BATCHES.value)
-        print(
-            f"read_threads={read_threads}: "
-            f"{figures['target_tokens_per_s']:,.0f} packed target tokens/s "
-            f"(non-pad {figures['non_pad_fraction']:.3f}), "
-            f"{figures['cells_per_s']:,.0f} row cells/s, "
-            f"{figures['examples_per_s']:,.0f} examples/s, "
-            f"{figures['batches_per_s']:.1f} batches/s"
-        )
+    if _WORKER.value:
+        print(json.dumps(measure()))
+        return
+    codes = {"after": str(REPO)}
+    if _BASELINE_DIR.value:
+        codes = {"before": str(Path(_BASELINE_DIR.value).absolute()), **codes}
+    report = {
+        "batch": f"{_BATCH_SIZE.value}x{_MAX_LENGTH.value}",
+        "config": _CONFIG.value,
+        "cpus": os.cpu_count(),
+        "load_average_at_start": load(),
+    }
+    timed = {"num_batches": _NUM_BATCHES.value}
+    print(f"load average {load()}; throughput, one host", file=sys.stderr)
+    report["throughput_one_host"] = [
+        {"code": name, "round": r, **run_worker(code, **timed)}
+        for r in range(_ROUNDS.value)
+        for name, code in codes.items()
+    ]
+    print(f"load average {load()}; process 0 of H hosts", file=sys.stderr)
+    hosts = [
+        {"code": name, **run_worker(code, process_count=int(h), **timed)}
+        for h in _PROCESS_COUNTS.value
+        for name, code in codes.items()
+    ]
+    for name in codes:
+        one = next(h for h in hosts if h["code"] == name and h["process_count"] == 1)
+        for h in hosts:
+            if h["code"] == name:
+                h["cpu_vs_1_host"] = h["cpu_s_per_global_batch"] / one["cpu_s_per_global_batch"]
+    report["process_0_of_hosts"] = hosts
+    print(f"load average {load()}; packing efficiency", file=sys.stderr)
+    efficiency = {"num_batches": _EFFICIENCY_BATCHES.value}
+    report["packing_by_virtual_shards"] = [
+        {
+            "virtual_shards": int(v) or _BATCH_SIZE.value,
+            "non_pad_fraction": run_worker(str(REPO), virtual_shards=v, **efficiency)[
+                "non_pad_fraction"
+            ],
+        }
+        for v in _SHARD_COUNTS.value
+    ]
+    report["load_average_at_end"] = load()
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -222,14 +222,16 @@ def test_one_epoch_over_hosts_packs_every_fitting_example_once(config, tokenizer
     assert 0 < len(reference) - sum(fitting.values()) <= len(reference) // 5
 
     hosts = [ip.train_iterator(cfg, tokenizer, process_index=p, process_count=2) for p in (0, 1)]
-    steps = []  # per step, per host: the unpacked examples
-    while sum(len(e) for step in steps for e in step) < sum(fitting.values()):
-        steps.append([unpack(next(host)) for host in hosts])
-    # Only the last global batch can reach into the second epoch: before it, no example shows
-    # up twice, on one host or across the two.
-    before_last = Counter(e for step in steps[:-1] for host in step for e in host)
-    assert max(before_last.values()) == 1
-    seen = before_last + Counter(e for host in steps[-1] for e in host)
+    seen, repeats_before_epoch_1 = Counter(), 0
+    while True:  # until every virtual shard has finished epoch 0
+        for host in hosts:
+            seen.update(unpack(next(host)))
+        epochs = [epoch for host in hosts for epoch, _ in host.get_state()["shards"].values()]
+        if max(epochs) == 0:  # no shard has reached into epoch 1 yet: no repeats
+            repeats_before_epoch_1 = max(seen.values())
+        if min(epochs) == 1:
+            break
+    assert repeats_before_epoch_1 == 1, "no example shows up twice, on one host or across both"
     assert not fitting - seen, "every example that fits is seen in the first epoch"
     assert set(seen) <= set(fitting), "no example longer than max_length"
 

@@ -11,7 +11,7 @@ import pytest
 
 import input_pipeline as ip
 from configs import default, multi30k
-from data import sources, statistics
+from data import generated, sources, statistics
 from tests.conftest import MULTI30K_DIR, REPO_ROOT
 
 ENGLISH = ["A dog runs.", "Two cats sleep.", "", "A red car.", "The sun is hot.", "Birds fly."]
@@ -114,7 +114,10 @@ def test_unknown_split_and_source(tmp_path, corpus):
     with pytest.raises(ip.DataError, match="split 'dev' does not exist .*test, train, val"):
         ip.raw_examples(config.data, "dev")
     config.data.source = "csv"
-    with pytest.raises(ip.DataError, match="data.source='csv' is not one of"):
+    with pytest.raises(
+        ip.DataError,
+        match=r"^data.source='csv' is unknown; known sources: numbers, text_files, tfds$",
+    ):
         ip.prepare(config.data)
 
 
@@ -145,7 +148,7 @@ def test_losing_a_prepare_race_keeps_the_winners_copy(tmp_path, corpus, monkeypa
             shutil.copytree(built, final)  # another process renamed its copy into place meanwhile
         real_rename(built, final)  # so this fails: the folder exists and is not empty
 
-    monkeypatch.setattr(sources.os, "rename", rival_finishes_first)
+    monkeypatch.setattr(generated.os, "rename", rival_finishes_first)
     ip.prepare(config.data)
     monkeypatch.undo()
     [dataset_dir] = (tmp_path / "prepared" / "text_files_translation").iterdir()

@@ -53,10 +53,14 @@ class ProcessJsonHandler(ocp.CheckpointHandler):
         (directory / name).write_text(json.dumps(args.item))
 
     def restore(self, directory: epath.Path, args: ProcessJsonRestore | None = None) -> Any:
-        """This process's value, or None if the checkpoint was written by a different number
-        of processes (the positions of other hosts cannot be mapped onto ours)."""
+        """This process's value; if the checkpoint was written by a different number of
+        processes, the list of all their values in process order (the data iterator maps
+        them onto this host count); None if there is none."""
         path = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        if path.exists():
+            return json.loads(path.read_text())
+        saved = {int(p.name.split("_")[1].split("-")[0]): p for p in directory.glob("process_*")}
+        return [json.loads(saved[i].read_text()) for i in sorted(saved)] or None
 
 
 @ocp.args.register_with_handler(ProcessJsonHandler, for_save=True)
@@ -152,7 +156,7 @@ def _abstract(tree: Any, shardings: Any) -> Any:
 def restore_train_state(
     manager: ocp.CheckpointManager, step: int, abstract_state: TrainState, shardings: TrainState
 ) -> tuple[TrainState, Any]:
-    """(TrainState laid out by `shardings`, this process's data iterator state or None)."""
+    """(TrainState laid out by `shardings`, the data iterator state of ProcessJsonHandler)."""
     restored = manager.restore(
         step,
         args=ocp.args.Composite(

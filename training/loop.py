@@ -163,8 +163,8 @@ def initial_state(
     logging.info("Resumed from %s at step %d.", workdir / "checkpoints" / str(latest), latest)
     if data_state is None:
         logging.warning(
-            "Checkpoint %d was written by a different number of processes: the training data "
-            "restarts from the beginning instead of continuing its exact order.",
+            "Checkpoint %d holds no training data position: the training data restarts from "
+            "the beginning instead of continuing its exact order.",
             latest,
         )
     return state, shardings, data_state

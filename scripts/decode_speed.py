@@ -69,6 +69,9 @@ _DATA_DIR = flags.DEFINE_string(
 )
 _SPLIT = flags.DEFINE_string("split", "test_2016_flickr", "Multi30k split (with --workdir).")
 _LANGUAGES = flags.DEFINE_list("languages", ["en", "de"], "Source and target language.")
+_NUM_SENTENCES = flags.DEFINE_integer(
+    "num_sentences", None, "Only the first N lines of the split (with --workdir; default all)."
+)
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", None, "Sentences decoded at once (default 32; with --workdir config.decode)."
 )
@@ -224,8 +227,8 @@ def real_path() -> dict:
     batch = _BATCH_SIZE.value or decode.batch_size
     max_input_length = min(data.max_predict_length, restored.model.config.max_length)
     source_language, target_language = _LANGUAGES.value
-    sources = read_lines(_SPLIT.value, source_language)
-    references = read_lines(_SPLIT.value, target_language)
+    sources = read_lines(_SPLIT.value, source_language)[: _NUM_SENTENCES.value]
+    references = read_lines(_SPLIT.value, target_language)[: _NUM_SENTENCES.value]
     pieces = vocabulary(restored)
     piece_ids = {piece: i for i, piece in enumerate(pieces)}
     tokenizer = restored.tokenizer

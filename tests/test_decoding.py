@@ -287,7 +287,7 @@ def test_top_k_by_chunks_equals_lax_top_k(n, k, chunk):
     values, indices = jax.lax.top_k(jnp.asarray(x), k)
     np.testing.assert_array_equal(np.asarray(got_values), np.asarray(values))
     np.testing.assert_array_equal(np.asarray(got_indices), np.asarray(indices))
-    assert list(np.asarray(got_indices)[2, :2]) == [n - 2, n - 1]
+    assert set(np.asarray(got_indices)[2, :2]) == {n - 2, n - 1}  # the finite ones first
 
 
 def test_beam_search_on_sharded_parameters_matches_one_device(small):

@@ -15,7 +15,6 @@ from training.host_memory import use_huge_pages
 if __name__ == "__main__":
     use_huge_pages()  # before JAX loads: may re-execute this program (training/host_memory.py)
 
-import contextlib
 from collections.abc import Sequence
 
 import jax
@@ -56,10 +55,13 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None:
         raise app.UsageError("--config is required, e.g. --config=configs/base.py")
-    # Several hosts (TPU pod slices, SLURM or Open MPI clusters; one process per host): JAX
-    # finds the cluster in the environment, as in train.py. ValueError: a single process.
-    with contextlib.suppress(ValueError):
-        jax.distributed.initialize()
+    from training import distributed
+    from training.errors import DistributedSetupError
+
+    try:  # several hosts (TPU pod slices, SLURM, Open MPI): found in the environment
+        distributed.initialize()
+    except DistributedSetupError as error:
+        raise app.UsageError(str(error)) from None
     options = Options(
         steps=_STEPS.value,
         warmup_steps=_WARMUP.value,

@@ -13,12 +13,13 @@ from training.host_memory import use_huge_pages
 if __name__ == "__main__":
     use_huge_pages()  # before JAX loads: may re-execute this program (training/host_memory.py)
 
-import contextlib
 import logging as pylogging
 import sys
+import sysconfig
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -57,35 +58,38 @@ class _HideLibraryInfo(pylogging.Filter):
         return record.levelno >= pylogging.WARNING or "site-packages" not in record.pathname
 
 
-def initialize_distributed() -> None:
-    """Joins the other processes, from the flags or from the cluster's environment."""
-    if _COORDINATOR.value is not None:
-        if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
-            raise app.UsageError(
-                "--coordinator_address needs --num_processes and --process_id as well."
-            )
-        jax.distributed.initialize(
-            coordinator_address=_COORDINATOR.value,
-            num_processes=_NUM_PROCESSES.value,
-            process_id=_PROCESS_ID.value,
-            initialization_timeout=_INIT_TIMEOUT.value,
-        )
-        return
-    # TPU VMs, SLURM, Open MPI, ...: JAX reads the cluster's environment. A ValueError means
-    # no cluster was found: a single process.
-    with contextlib.suppress(ValueError):
-        jax.distributed.initialize(initialization_timeout=_INIT_TIMEOUT.value)
+def config_file_frame(error: BaseException) -> traceback.FrameSummary | None:
+    """The innermost frame of `error`'s traceback in a file of ours (a config file, or a module
+    it imports), not in Python, an installed package or this file; None if there is none."""
+    paths = sysconfig.get_paths()
+    library = tuple({paths["stdlib"], paths["purelib"], paths["platlib"]})
+    ours = [
+        frame
+        for frame in traceback.extract_tb(error.__traceback__)
+        if not frame.filename.startswith((*library, "<"))
+        and Path(frame.filename).resolve() != Path(__file__).resolve()
+    ]
+    return ours[-1] if ours else None
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
-    """absl flag parsing, with a one-line error for a misspelt --config.FIELD override."""
+    """absl flag parsing, with one-line errors for an exception inside a config file and for a
+    misspelt --config.FIELD override."""
     try:
         return flags.FLAGS(argv)
-    except (AttributeError, KeyError) as error:
-        message = str(error).strip("'\"").replace("\\n", " ").replace("'", "")
-        sys.exit(f"train.py: error: unknown config field in a --config override: {message}")
-    except flags.Error as error:
-        sys.exit(f"train.py: error: {error}\nPass --helpfull to see the flags.")
+    except Exception as error:
+        frame = config_file_frame(error)
+        if frame is not None:
+            sys.exit(
+                f"train.py: error: the config raised {type(error).__name__}: {error} "
+                f"({frame.filename}, line {frame.lineno}); fix that line."
+            )
+        if isinstance(error, AttributeError | KeyError):
+            message = str(error).strip("'\"").replace("\\n", " ").replace("'", "")
+            sys.exit(f"train.py: error: unknown config field in a --config override: {message}")
+        if isinstance(error, flags.Error):
+            sys.exit(f"train.py: error: {error}\nPass --helpfull to see the flags.")
+        raise
 
 
 def main(argv: Sequence[str]) -> None:
@@ -95,15 +99,23 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError("--config and --workdir are required.")
     if not _LIBRARY_LOGS.value:
         logging.get_absl_handler().addFilter(_HideLibraryInfo())
-    initialize_distributed()
 
     from input_pipeline import DataError
-    from training.errors import ConfigError, TrainingDivergedError
+    from training import distributed, errors
     from training.loop import train_and_evaluate
 
     try:
+        distributed.initialize(
+            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _INIT_TIMEOUT.value
+        )
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, DataError, TrainingDivergedError) as error:
+    except (
+        DataError,
+        errors.ConfigError,
+        errors.DistributedSetupError,
+        errors.TrainingDivergedError,
+        errors.WorkdirLockedError,
+    ) as error:
         sys.exit(f"train.py: error: {error}")
 
 

@@ -33,6 +33,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from decoding import attention_plot, line_translation, scoring, translate_texts
+from decoding.settings import STRATEGIES, DecodeSettings, DecodeSettingsError, max_input_length
 from training import averaging, partitioning, restoring
 from training.errors import ConfigError
 
@@ -57,6 +58,12 @@ _INPUT = flags.DEFINE_string(
 )
 _OUTPUT = flags.DEFINE_string(
     "output", None, "Output file, one line per input line (default: stdout)."
+)
+_STRATEGY = flags.DEFINE_enum(
+    "strategy",
+    None,
+    STRATEGIES,
+    "Search: 'beam' or 'greedy' (default: greedy if the beam size is 1, else beam).",
 )
 _BEAM_SIZE = flags.DEFINE_integer(
     "beam_size", None, "Beam size; 1 = greedy search (default: the checkpoint's config.decode)."
@@ -121,14 +128,7 @@ def fail(message: str) -> NoReturn:
 def check_flags() -> None:
     if (_WORKDIR.value is None) == (_CHECKPOINT.value is None):
         fail("Pass exactly one of --workdir=DIR or --checkpoint=DIR/checkpoints/STEP.")
-    for name, value, low in [
-        ("beam_size", _BEAM_SIZE.value, 1),
-        ("batch_size", _BATCH_SIZE.value, 1),
-        ("max_extra_length", _MAX_EXTRA_LENGTH.value, 0),
-        ("alpha", _ALPHA.value, 0),
-    ]:
-        if value is not None and value < low:
-            fail(f"--{name} must be at least {low}, got {value}.")
+    decode_settings({})  # the decoding flags' ranges, before anything is restored
     if _TOKENIZED_LOWERCASE.value and _REFERENCE.value is None:
         fail("--tokenized_lowercase needs --reference=FILE.")
 
@@ -166,20 +166,20 @@ def restore() -> restoring.Restored:
     return restored
 
 
-def decode_settings(restored: restoring.Restored) -> dict[str, Any]:
-    """translate_texts' keyword arguments: the flags, else the checkpoint's config.decode."""
-    decode, data = restored.config.decode, restored.config.data
-
-    def flag_or(flag: flags.FlagHolder, default: Any) -> Any:
-        return default if flag.value is None else flag.value
-
-    return {
-        "beam_size": flag_or(_BEAM_SIZE, decode.beam_size),
-        "alpha": flag_or(_ALPHA, decode.alpha),
-        "max_extra_length": flag_or(_MAX_EXTRA_LENGTH, decode.max_extra_length),
-        "batch_size": flag_or(_BATCH_SIZE, decode.batch_size),
-        "max_input_length": min(data.max_predict_length, restored.model.config.max_length),
-    }
+def decode_settings(decode_config: Any) -> DecodeSettings:
+    """The decoding flags, else the checkpoint's config.decode; a bad value ends the program."""
+    try:
+        return DecodeSettings.from_config(
+            decode_config,
+            strategy=_STRATEGY.value,
+            beam_size=_BEAM_SIZE.value,
+            alpha=_ALPHA.value,
+            max_extra_length=_MAX_EXTRA_LENGTH.value,
+            batch_size=_BATCH_SIZE.value,
+        )
+    except DecodeSettingsError as error:
+        flag_names = "--strategy, --beam_size, --alpha, --max_extra_length, --batch_size"
+        fail(f"{str(error).rstrip('.')} (decoding flags: {flag_names}).")
 
 
 def read_reference(input_lines: int | None) -> list[str] | None:
@@ -211,18 +211,21 @@ def open_streams():
 
 
 def translate_input(
-    restored: restoring.Restored, settings: dict[str, Any], total_lines: int | None
+    restored: restoring.Restored,
+    settings: DecodeSettings,
+    input_length: int,
+    total_lines: int | None,
 ) -> tuple[line_translation.TranslationStats, list[str], list[str]]:
     """Translates the input to the output chunk by chunk. Returns (statistics, every output
     line if a reference or plot needs them else [], the input if the plot needs it else [])."""
     interactive = _INPUT.value is None and sys.stdin.isatty()
-    chunk_lines = 1 if interactive else CHUNK_BATCHES * settings["batch_size"]
+    chunk_lines = 1 if interactive else CHUNK_BATCHES * settings.batch_size
     keep_outputs = _REFERENCE.value is not None
     outputs: list[str] = []
 
     def translate(texts: list[str]) -> list[str]:
         return translate_texts(
-            restored.model, restored.params, restored.tokenizer, texts, **settings
+            restored.model, restored.params, restored.tokenizer, texts, settings, input_length
         )
 
     with (
@@ -257,7 +260,7 @@ def translate_input(
             chunks,
             translate,
             restored.tokenizer,
-            settings["max_input_length"],
+            input_length,
             write,
             on_progress=bar.update,
         )
@@ -277,11 +280,19 @@ def report_truncation(stats: line_translation.TranslationStats, max_input_length
     )
 
 
-def draw_attention(restored: restoring.Restored, settings: dict[str, Any], inputs: list[str]):
+def draw_attention(
+    restored: restoring.Restored, settings: DecodeSettings, input_length: int, inputs: list[str]
+) -> None:
     sentence = next(line for line in inputs if line.strip())
-    search = {key: value for key, value in settings.items() if key != "batch_size"}
     attention = attention_plot.sentence_attention(
-        restored.model, restored.params, restored.tokenizer, sentence, **search
+        restored.model,
+        restored.params,
+        restored.tokenizer,
+        sentence,
+        beam_size=settings.beam_size,
+        alpha=settings.alpha,
+        max_extra_length=settings.max_extra_length,
+        max_input_length=input_length,
     )
     attention_plot.plot_attention(attention, _ATTENTION_PLOT.value)
     print(f"Attention plot written to {_ATTENTION_PLOT.value}.", file=sys.stderr)
@@ -312,19 +323,22 @@ def main(argv: Sequence[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     try:
         restored = restore()
-        settings = decode_settings(restored)
-        described = ", ".join(f"{key} {value}" for key, value in settings.items())
-        print(f"Decoding with {described}.", file=sys.stderr)
+        settings = decode_settings(restored.config.decode)
+        input_length = max_input_length(restored.config)
+        print(
+            f"Decoding with {settings.describe()}, inputs up to {input_length} subwords.",
+            file=sys.stderr,
+        )
         total_lines = None
         if _INPUT.value:
             with open(_INPUT.value, "rb") as file:
                 total_lines = sum(1 for _ in file)
         references = read_reference(total_lines)
-        stats, outputs, inputs = translate_input(restored, settings, total_lines)
+        stats, outputs, inputs = translate_input(restored, settings, input_length, total_lines)
         print(stats.speed_line(), file=sys.stderr)
-        report_truncation(stats, settings["max_input_length"])
+        report_truncation(stats, input_length)
         if _ATTENTION_PLOT.value:
-            draw_attention(restored, settings, inputs)
+            draw_attention(restored, settings, input_length, inputs)
         if references is not None:
             print_scores(outputs, references)
     except (

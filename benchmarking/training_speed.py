@@ -1,9 +1,9 @@
 """Speed of the train step that training uses, on the device mesh that training would build.
 
-The state, optimizer, shardings and jitted step come from training/ unchanged; only the
-batches differ (synthetic packed rows, or real ones taken from the input pipeline), and they
-are placed on the devices before timing, so the figures are the devices' and not the input
-pipeline's.
+The mesh, model, state, shardings and jitted step are training's own (training/setup.py);
+only the batches differ (synthetic packed rows, or real ones taken from the input pipeline),
+and they are placed on the devices before timing, so the figures are the devices' and not the
+input pipeline's.
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ import numpy as np
 
 from benchmarking import flops, timing
 from benchmarking.peak import Peak
-from model import Transformer
-from training import configuration, partitioning
-from training import state as train_state
-from training.steps import make_train_step
+from training import partitioning
+from training import setup as training_setup
 
 Batch = dict[str, np.ndarray]
 
@@ -52,33 +50,15 @@ def benchmark_training(
 
     Returns (figures, trained parameters) — the parameters serve the decoding benchmark.
     """
-    mesh = partitioning.make_mesh(config.mesh_shape)
+    setup = training_setup.build(config)
+    mesh, model_config = setup.mesh, setup.model_config
     rows, length = config.batch_size, batches[0]["targets"].shape[1]  # global batch shape
-    shards = partitioning.batch_axis_size(mesh)
-    if rows % shards:
-        raise ValueError(
-            f"--batch_size={rows} must be divisible by the {shards} batch shards of the mesh "
-            f"{dict(mesh.shape)}; pick a multiple, or set --config.mesh_shape."
-        )
-    model_config = configuration.model_config(config)
-    model = Transformer(model_config)
-    optimizer = train_state.make_optimizer(config, train_state.learning_rate_schedule(config))
-    state, shardings = train_state.create_train_state(
-        model, optimizer, mesh, jax.random.key(config.seed)
-    )
-    train_step = make_train_step(
-        model,
-        optimizer,
-        mesh,
-        shardings,
-        label_smoothing=config.label_smoothing,
-        dropout_seed=config.seed + 1,  # as training/loop.py: the same step, same masks
-    )
+    state = setup.fresh_state()
     device_batches = [partitioning.global_batch(batch, mesh, rows) for batch in batches]
 
     def call(i: int) -> Any:
         nonlocal state
-        state, sums = train_step(state, device_batches[i % len(device_batches)])
+        state, sums = setup.train_step(state, device_batches[i % len(device_batches)])
         return sums
 
     with timing.compile_seconds() as compile_durations:
@@ -107,4 +87,4 @@ def benchmark_training(
         mfu=model_flops / step_time / peak.flops_per_s,
         memory_peak_bytes=memory_peak_bytes(jax.local_devices()[0]),
     )
-    return figures, (model, state.params)
+    return figures, (setup.model, state.params)

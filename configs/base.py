@@ -1,8 +1,12 @@
 """The paper's base model (Vaswani et al. 2017, Table 3) on WMT14 English->German.
 
-Every other config starts from this one and says what it changes. Fields are read by:
-model/ (config.model), input_pipeline.py (config.data), train.py (top level),
-translate.py (config.decode).
+Every other config starts from this one and says what it changes; this file declares and
+comments every field (training/configuration.py rejects keys it does not have). Sections:
+- config.data: the corpus, vocabulary, lengths and packing (input_pipeline.py, data/);
+- config.model: the network (model/TransformerConfig; 'auto' dtype resolved per platform);
+- top level: training (training/loop.py: batch, steps, schedule, optimizer, mesh, periods);
+- config.decode: decoding.DecodeSettings (translate.py, training's evaluation, serve.py,
+  export.py; their flags override it).
 """
 
 import ml_collections
@@ -22,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.train_split = "train"  # split names; for text_files, the file stem (train.en.gz)
     data.eval_split = "validation"  # development split: loss, BLEU during training
     data.test_split = "test"  # held-out split for final scores
-    data.numbers_train_size = 100_000  # numbers corpus: training examples
+    data.numbers_train_size = 100_000  # numbers corpus: training examples, equal per digit count
     data.numbers_eval_size = 1_000  # numbers corpus: validation examples
     data.numbers_test_size = 1_000  # numbers corpus: test examples
     data.numbers_max = 999_999  # numbers corpus: largest number drawn
@@ -78,12 +82,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.adam_eps = 1e-9  # Adam epsilon (paper: 1e-9)
     config.weight_decay = 0.0  # decoupled weight decay (AdamW); 0 = plain Adam
     config.grad_clip_norm = 0.0  # clip gradients to this global norm; 0 = off
-    # Micro-batches accumulated per update (optax.MultiSteps). Steps (num_train_steps, the
-    # *_every_steps) count batches of batch_size rows; the schedule counts updates.
+    # Micro-batches accumulated per update, weighted by their tokens: the update of one batch
+    # holding them all. Steps (num_train_steps, the *_every_steps) count batches of batch_size
+    # rows; the schedule counts updates.
     config.grad_accum_steps = 1
     config.label_smoothing = 0.1  # epsilon_ls
     config.mesh_shape = (-1, 1, 1)  # devices along (data, fsdp, tensor); -1 = the rest
     config.log_every_steps = 100  # progress line, TensorBoard and metrics.jsonl
+    # Train steps dispatched ahead of the device (0 = no bound). SIGTERM is noticed at a step
+    # boundary, so it is honoured within about this many step times plus the save.
+    config.max_steps_in_flight = 2
     config.eval_every_steps = 5000  # validation loss/accuracy and BLEU
     config.num_eval_batches = -1  # validation batches per evaluation (-1 = whole split)
     config.eval_batch_size = 64  # global rows per evaluation/prediction batch
@@ -94,9 +102,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---------------------------------------------------------------- decoding
     decode = config.decode = ml_collections.ConfigDict()
-    decode.beam_size = 4  # paper: 4
+    decode.beam_size = 4  # hypotheses per sentence (paper: 4); 1 = greedy search
     decode.alpha = 0.6  # GNMT length penalty ((5 + len) / 6)^alpha; paper: 0.6
     decode.max_extra_length = 50  # output may be up to input length + this (paper: 50)
-    decode.batch_size = 64  # sentences per decoding batch
+    decode.batch_size = 64  # sentences decoded together
 
     return config

@@ -1,6 +1,7 @@
 """The public entry points of decoding: token ids -> token ids (jitted, greedy or beam), texts
--> texts (tokenize, bucket, batch, decode, detokenize), and the encoder-decoder attention of
-one sentence. Used by training's BLEU evaluation and by translate.py."""
+-> texts (tokenize, bucket, batch, decode, detokenize) with `DecodeSettings`, and the
+encoder-decoder attention of one sentence. Used by training's BLEU evaluation, translate.py,
+the server and the export's checks."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from jax.experimental import multihost_utils
+from jax.sharding import Sharding
 
+from data.special_tokens import cut_at_eos, truncate_keeping_eos
 from decoding.beam_search import beam_search
-from decoding.cached_model import EOS_ID, PAD_ID
 from decoding.greedy import greedy_search
+from decoding.settings import DecodeSettings
 from model import Transformer
 
 Array = jax.Array
@@ -101,7 +105,7 @@ def encode_texts(
     for text in texts:
         ids = tokenizer.encode(text) if text.strip() else []
         if len(ids) > max_input_length:
-            ids = ids[: max_input_length - 1] + [ids[-1]]
+            ids = truncate_keeping_eos(ids, max_input_length)
             num_truncated += 1
         all_ids.append(ids)
     return all_ids, num_truncated
@@ -118,10 +122,7 @@ def bucket_length(length: int, max_length: int) -> int:
 
 def output_ids(row: np.ndarray) -> list[int]:
     """An output row [max_decode_length] -> its tokens before EOS (padding dropped)."""
-    ids = row.tolist()
-    if EOS_ID in ids:
-        ids = ids[: ids.index(EOS_ID)]
-    return [i for i in ids if i != PAD_ID]
+    return cut_at_eos(row.tolist())
 
 
 def translate_texts(
@@ -129,19 +130,21 @@ def translate_texts(
     params,
     tokenizer: Tokenizer,
     texts: Sequence[str],
-    *,
-    beam_size: int,
-    alpha: float,
-    max_extra_length: int,
-    batch_size: int,
+    settings: DecodeSettings,
     max_input_length: int,
+    rows: Sharding | None = None,
 ) -> list[str]:
-    """Translates `texts` in order; a blank text gives "".
+    """Translates `texts` in order with `settings` (strategy, beam, alpha, extra length,
+    batch size); a blank text gives "".
+
+    With `rows` (a sharding of [batch_size, ...] arrays, e.g. rows split over a mesh's data
+    axes and hosts), every device decodes only its rows of each batch; every host must call
+    this with the same texts, and every host gets all translations.
 
     Inputs longer than max_input_length tokens are truncated (a warning says how many). Each
-    output is at most min(input length + max_extra_length, model max_length) tokens. Sentences
-    are sorted by length and batched; batches are padded to `batch_size` rows and to a
-    power-of-two source length, so decoding compiles once per length bucket.
+    output is at most min(input length + settings.max_extra_length, model max_length) tokens.
+    Sentences are sorted by length and batched; batches are padded to settings.batch_size rows
+    and to a power-of-two source length, so decoding compiles once per length bucket.
     """
     model_max = model.config.max_length
     if not 2 <= max_input_length <= model_max:
@@ -149,11 +152,7 @@ def translate_texts(
             f"max_input_length={max_input_length} must be between 2 and the model's "
             f"max_length={model_max}."
         )
-    if batch_size < 1 or max_extra_length < 0:
-        raise ValueError(
-            f"batch_size must be >= 1 and max_extra_length >= 0, got {batch_size} and "
-            f"{max_extra_length}."
-        )
+    batch_size, max_extra_length = settings.batch_size, settings.max_extra_length
     all_ids, num_truncated = encode_texts(tokenizer, texts, max_input_length)
     if num_truncated:
         logging.warning(
@@ -173,19 +172,33 @@ def translate_texts(
         for row, i in enumerate(batch):
             inputs[row, : len(all_ids[i])] = all_ids[i]
             max_lengths[row] = min(len(all_ids[i]) + max_extra_length, model_max)
+        if rows is not None:
+            inputs, max_lengths = (_place(array, rows) for array in (inputs, max_lengths))
         outputs = translate_tokens(
             model,
             params,
             inputs,
-            beam_size=beam_size,
-            alpha=alpha,
+            beam_size=settings.beam_size,
+            alpha=settings.alpha,
             max_decode_length=min(source_length + max_extra_length, model_max),
             max_lengths=max_lengths,
         )
-        outputs = np.asarray(jax.device_get(outputs))
+        outputs = _fetch(outputs)
         for row, i in enumerate(batch):
             translations[i] = tokenizer.decode(output_ids(outputs[row]))
     return translations
+
+
+def _place(array: np.ndarray, sharding: Sharding) -> Array:
+    """A global array laid out by `sharding` from the same host array on every host."""
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def _fetch(array: Array) -> np.ndarray:
+    """The whole of a (possibly multi-host) array on this host."""
+    if array.is_fully_addressable:
+        return np.asarray(jax.device_get(array))
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
 def cross_attention_weights(

@@ -1,8 +1,9 @@
 """Dropout with masks from a counter-based integer hash, seeded by flax's 'dropout' rng.
 
 Why not `jax.random.bernoulli`: its threefry generator costs about 20 integer rounds per
-element; on a CPU the masks of the base model's 32 dropout layers took about 9% of a train
-step. Dropout needs independent-looking coin flips, not a cryptographic stream: here each call
+element, a sizeable share of a CPU train step with the base model's 32 dropout layers
+(docs/performance.md). Dropout needs independent-looking coin flips, not a cryptographic
+stream: here each call
 draws one 32-bit seed from its threefry key (so masks still depend on the key, the step and the
 layer exactly as flax's would), and each element's coin is a 32-bit integer hash of
 (seed, element index), compared with (1 - rate) * 2^32. The hash is Wellons' "lowbias32"

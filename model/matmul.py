@@ -2,10 +2,10 @@
 
 Every projection is `x [..., in...] · W [in..., out...]`. Differentiated as written, XLA:CPU
 computes the weight gradient transposed (as [out, in]) and the optimizer then reads it
-across the grain, with extra transposes: on the paper's base model that cost about 5% of a
-train step. Here the backward pass is spelled out, with xᵀ materialized behind an
-optimization barrier so that XLA keeps the natural product xᵀ · dy -> [in, out]. Values and
-gradients are the same as autodiff's (the tests compare them); only the memory layout differs.
+across the grain, with extra transposes (measured in docs/performance.md). Here the backward
+pass is spelled out, with xᵀ materialized behind an optimization barrier so that XLA keeps
+the natural product xᵀ · dy -> [in, out]. Values and gradients are the same as autodiff's
+(the tests compare them); only the memory layout differs.
 """
 
 from __future__ import annotations

@@ -6,12 +6,12 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
 from flax import traverse_util
 
 from model.config import TransformerConfig
+from model.parameters import abstract_params
 from model.transformer import Transformer
 
 
@@ -20,16 +20,7 @@ def parameter_shapes(model_config: Mapping[str, Any]) -> dict[str, Any]:
     fields = dict(model_config)
     if fields.get("dtype") == "auto":  # resolved per platform by training; counts ignore it
         fields["dtype"] = "float32"
-    cfg = TransformerConfig.from_mapping(fields)
-    tokens = jnp.ones((1, 8), jnp.int32)
-    abstract = jax.eval_shape(
-        lambda: Transformer(cfg).init(jax.random.key(0), tokens, tokens)["params"]
-    )
-    return jax.tree.map(
-        lambda x: x.value if hasattr(x, "value") else x,
-        abstract,
-        is_leaf=lambda x: hasattr(x, "names"),  # unbox flax LogicallyPartitioned
-    )
+    return nn.unbox(abstract_params(Transformer(TransformerConfig.from_mapping(fields))))
 
 
 def count_parameters(model_config: Mapping[str, Any]) -> list[tuple[str, int]]:

@@ -1,11 +1,11 @@
 """Exact-match accuracy and BLEU of a trained checkpoint on a held-out split.
 
-    python scripts/exact_match.py --checkpoint=runs/default [--num_examples=1000] [--beam_size=4]
+    python scripts/exact_match.py --checkpoint=runs/default [--num_examples=-1] [--beam_size=4]
 
 Restores the newest checkpoint of a workdir (or a given checkpoints/<step> folder) with
-`training.checkpointing.restore_for_inference`, translates the first `num_examples` sentences
-of the split with the config's decoding settings, and prints the share of outputs equal to the
-reference, sacreBLEU, and the decoding time, then the same figures as one JSON line.
+`training.restoring.restore_for_translation`, translates the first `num_examples` sentences of
+the split with the checkpoint's decode settings, and prints the share of outputs equal to the
+reference, sacreBLEU and the decoding time, then the same figures as one JSON line.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "A training workdir (newest checkpoint) or one checkpoints/<step> folder."
 )
 _SPLIT = flags.DEFINE_string("split", None, "Split to score (default: the config's test split).")
-_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 1000, "Sentences to translate (-1 = all).")
+_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", -1, "Sentences to translate (-1 = all).")
 _BEAM_SIZE = flags.DEFINE_integer(
     "beam_size", None, "Beam size (1 = greedy; default: the config's decode.beam_size)."
 )
@@ -38,42 +38,42 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError("--checkpoint is required (a training workdir, e.g. runs/default).")
 
     import input_pipeline
-    from model import Transformer
-    from training import evaluation
-    from training.checkpointing import restore_for_inference
-    from training.configuration import model_config
+    from decoding import DecodeSettings, DecodeSettingsError, translate_texts
+    from decoding.settings import max_input_length
+    from training import evaluation, restoring
 
     try:
-        config, params, tokenizer = restore_for_inference(_CHECKPOINT.value)
-    except FileNotFoundError as error:
+        restored = restoring.restore_for_translation(_CHECKPOINT.value)
+        settings = DecodeSettings.from_config(restored.config.decode, beam_size=_BEAM_SIZE.value)
+    except (restoring.RestoreError, DecodeSettingsError) as error:
         sys.exit(f"exact_match.py: error: {error}")
+    config = restored.config
     split = _SPLIT.value or config.data.test_split
     pairs = input_pipeline.raw_examples(config.data, split)
     if _NUM_EXAMPLES.value >= 0:
         pairs = pairs[: _NUM_EXAMPLES.value]
-    if _BEAM_SIZE.value is not None:
-        config.decode.beam_size = _BEAM_SIZE.value
 
     start = time.perf_counter()
-    hypotheses = evaluation.translate(
-        Transformer(model_config(config)),
-        params,
-        tokenizer,
+    hypotheses = translate_texts(
+        restored.model,
+        restored.params,
+        restored.tokenizer,
         [s for s, _ in pairs],
-        config.decode,
-        config.data.max_predict_length,
+        settings,
+        max_input_length(config),
     )
     seconds = time.perf_counter() - start
     references = [t for _, t in pairs]
+    correct = [h.strip() == r.strip() for h, r in zip(hypotheses, references, strict=True)]
     figures = {
         "split": split,
         "examples": len(pairs),
-        "beam_size": config.decode.beam_size,
+        "beam_size": settings.beam_size,
         "exact_match": evaluation.exact_match(hypotheses, references),
         "bleu": evaluation.corpus_bleu(hypotheses, references),
         "decode_seconds": round(seconds, 1),
     }
-    wrong = [(p, h) for p, h in zip(pairs, hypotheses, strict=True) if h.strip() != p[1].strip()]
+    wrong = [(p, h) for p, h, ok in zip(pairs, hypotheses, correct, strict=True) if not ok]
     for (source, reference), hypothesis in wrong[: _SHOW.value]:
         print(f"wrong: {source}  =>  {hypothesis}  (reference: {reference})")
     print(

@@ -216,5 +216,5 @@ def test_command_writes_the_figures(tmp_path):
 def test_batch_not_divisible_by_the_mesh_is_a_one_line_error(tmp_path):
     result = run_benchmark(tmp_path, "--batch_size=3", "--length=16", "--nodecode", devices=2)
     assert result.returncode != 0
-    assert "--batch_size=3 must be divisible by the 2 batch shards" in result.stderr
+    assert "batch_size=3 must be divisible by the 2 batch shards" in result.stderr
     assert "Traceback" not in result.stderr

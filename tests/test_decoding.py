@@ -26,6 +26,7 @@ from decoding import (
 from decoding import translator as translator_module
 from decoding.beam_search import top_k_by_chunks
 from decoding.reference import uncached_greedy_search
+from decoding.settings import DecodeSettings
 from model import Transformer, TransformerConfig
 
 
@@ -342,10 +343,7 @@ def test_translate_texts_keeps_order_buckets_truncates_and_skips_blanks(small, m
             params,
             tokenizer,
             texts,
-            beam_size=1,
-            alpha=0.6,
-            max_extra_length=3,
-            batch_size=3,
+            DecodeSettings(strategy="greedy", beam_size=1, max_extra_length=3, batch_size=3),
             max_input_length=12,
         )
 
@@ -375,11 +373,12 @@ def test_translate_texts_keeps_order_buckets_truncates_and_skips_blanks(small, m
 def test_translate_texts_with_beam_search_and_only_blank_lines(small):
     model, params = small
     tokenizer = LetterTokenizer()
-    settings = dict(beam_size=4, alpha=0.6, max_extra_length=5, max_input_length=16)
-    blanks = translate_texts(model, params, tokenizer, ["", " "], batch_size=4, **settings)
+    settings = DecodeSettings(beam_size=4, alpha=0.6, max_extra_length=5, batch_size=4)
+    blanks = translate_texts(model, params, tokenizer, ["", " "], settings, 16)
     assert blanks == ["", ""]
     texts = ["abcdefghi", "efghij", "k"]  # bucket 8 then 16, in batches of 2
-    outputs = translate_texts(model, params, tokenizer, texts, batch_size=2, **settings)
+    settings = DecodeSettings(beam_size=4, alpha=0.6, max_extra_length=5, batch_size=2)
+    outputs = translate_texts(model, params, tokenizer, texts, settings, 16)
     # Beam search on one plain batch of all three, each with its own length limit.
     inputs = np.zeros((3, 10), np.int32)
     for row, text in enumerate(texts):
@@ -405,10 +404,7 @@ def test_bad_arguments_are_clear_errors(small):
             params,
             LetterTokenizer(),
             ["a"],
-            beam_size=1,
-            alpha=0.6,
-            max_extra_length=2,
-            batch_size=1,
+            DecodeSettings(strategy="greedy", beam_size=1, max_extra_length=2, batch_size=1),
             max_input_length=20,
         )
 

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 
 from tests.train_runner import TrainProcesses, finish, prepared_dir, train_losses  # noqa: F401
-from training import checkpointing, partitioning
+from training import partitioning, restoring
 
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
 
@@ -40,9 +40,10 @@ def test_same_losses_on_1_and_8_devices_and_checkpoints_restore_anywhere(tmp_pat
         np.testing.assert_allclose(losses, reference, atol=1e-5, err_msg=f"mesh {shape}")
 
     # Trained on 8 devices (2,2,2) -> restored on this host's first device, and on a mesh.
-    _, on_one_device, _ = checkpointing.restore_for_inference(tmp_path / "2x2x2")
+    on_one_device = restoring.restore_for_translation(tmp_path / "2x2x2").params
     mesh = partitioning.make_mesh((1, 4, 2), jax.devices()[:8])
-    _, on_a_mesh, tokenizer = checkpointing.restore_for_inference(tmp_path / "2x2x2", mesh)
+    restored = restoring.restore_for_translation(tmp_path / "2x2x2", mesh=mesh)
+    on_a_mesh, tokenizer = restored.params, restored.tokenizer
     assert tokenizer.decode(tokenizer.encode("one hundred")) == "one hundred"
     for one, many in zip(jax.tree.leaves(on_one_device), jax.tree.leaves(on_a_mesh), strict=True):
         assert one.sharding.device_set == {jax.local_devices()[0]}
@@ -52,6 +53,7 @@ def test_same_losses_on_1_and_8_devices_and_checkpoints_restore_anywhere(tmp_pat
     assert tuple(embedding.sharding.spec) == ("tensor", "fsdp")
 
     # Trained on 1 device -> restored on 8; it is (nearly) the same model as the 8-device run.
-    _, from_one, _ = checkpointing.restore_for_inference(tmp_path / "1x1x1" / "checkpoints", mesh)
+    from_one = restoring.restore_for_translation(tmp_path / "1x1x1" / "checkpoints", mesh=mesh)
+    from_one = from_one.params
     for a, b in zip(jax.tree.leaves(from_one), jax.tree.leaves(on_a_mesh), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)

@@ -18,7 +18,7 @@ from tests.train_runner import (  # noqa: F401
     run,
     wait_for,
 )
-from training import checkpointing
+from training import restoring
 
 STEPS = 160
 LONG_RUN = {
@@ -100,7 +100,7 @@ def test_diverging_run_stops_cleanly_and_never_saves_nan(tmp_path, prepared_dir)
     else:
         assert "no checkpoint was saved" in error
     for step in saved:
-        _, params, _ = checkpointing.restore_for_inference(workdir / "checkpoints" / str(step))
+        params = restoring.restore_for_translation(workdir / "checkpoints" / str(step)).params
         assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(params))
 
 
@@ -113,3 +113,43 @@ def test_unknown_config_key_is_a_one_line_error(tmp_path, prepared_dir):  # noqa
     assert "Traceback" not in stderr
     assert "unknown config field" in stderr and "lerning_rate" in stderr
     assert 'Did you mean "learning_rate"' in stderr
+
+
+def unfinished_saves(workdir) -> list[str]:
+    """Checkpoint folders orbax is still writing (they get their final name when complete)."""
+    directory = workdir / "checkpoints"
+    return [p.name for p in directory.glob("*") if "tmp" in p.name] if directory.is_dir() else []
+
+
+def test_killed_during_an_asynchronous_save_resumes_exactly(tmp_path, prepared_dir):  # noqa: F811
+    """kill -9 while a checkpoint is being written in the background: the next run resumes
+    from the last complete checkpoint and ends exactly like an uninterrupted run."""
+    steps = 60
+    overrides = {**LONG_RUN, "num_train_steps": steps, "checkpoint_every_steps": 2}
+    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    with TrainProcesses() as processes:
+        reference = processes.start(uninterrupted, prepared_dir, overrides)
+        for _attempt in range(5):  # each attempt resumes where the last one was killed
+            run = processes.start(interrupted, prepared_dir, overrides)
+            wait_for(
+                lambda: checkpoint_steps(interrupted) and unfinished_saves(interrupted),
+                run,
+                "a save in progress after a complete checkpoint",
+                timeout=300,
+            )
+            run.send_signal(signal.SIGKILL)
+            assert finish(run)[0] == -signal.SIGKILL
+            if unfinished_saves(interrupted):
+                break  # killed mid-save (not just after the rename)
+        unfinished = unfinished_saves(interrupted)
+        assert unfinished, "never killed during a save"
+        complete = max(checkpoint_steps(interrupted))
+        assert complete < steps
+
+        code, stdout, stderr = finish(processes.start(interrupted, prepared_dir, overrides))
+        assert code == 0, stderr[-3000:]
+        assert f"Resumed from {interrupted / 'checkpoints' / str(complete)} at step" in stderr
+        assert f"Finished at step {steps}" in stdout
+        assert finish(reference)[0] == 0
+    assert not unfinished_saves(interrupted)  # the half-written one was cleaned up
+    assert metrics(interrupted) == metrics(uninterrupted)  # every step, bitwise

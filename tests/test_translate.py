@@ -16,14 +16,14 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
 
-from decoding import line_translation, scoring, translate_texts
+from decoding import DecodeSettings, line_translation, scoring, translate_texts
+from model.parameters import init_params
 from tests import train_runner
-from training import averaging, checkpointing, partitioning, restoring
+from training import averaging, partitioning, restoring
 
 REPO = Path(__file__).resolve().parents[1]
 SACREBLEU = Path(sys.executable).parent / "sacrebleu"
@@ -72,8 +72,7 @@ def sharp_checkpoint(workdir, tmp_path_factory) -> Path:
     tokenizer. Returns the checkpoint's folder."""
     mesh = partitioning.make_mesh((2, 2, 2), jax.devices()[:8])
     trained = restoring.restore_for_translation(workdir, mesh=mesh)
-    tokens = jnp.ones((1, 8), jnp.int32)
-    params = nn.unbox(trained.model.init(jax.random.key(1), tokens, tokens)["params"])
+    params = nn.unbox(init_params(trained.model, jax.random.key(1)))
     params["source_embedding"]["embedding"] *= 4.0
     params = jax.device_put(params, jax.tree.map(lambda x: x.sharding, trained.params))
     return averaging.save_average(
@@ -145,16 +144,9 @@ def test_one_device_translates_like_eight_and_scores_like_sacrebleu(sharp_checkp
     restored = restoring.restore_for_translation(sharp_checkpoint, mesh=mesh)
     embedding = restored.params["source_embedding"]["embedding"]
     assert len(embedding.sharding.device_set) == 8
+    settings = DecodeSettings.from_config(restored.config.decode, beam_size=2)
     expected = translate_texts(
-        restored.model,
-        restored.params,
-        restored.tokenizer,
-        INPUT_LINES,
-        beam_size=2,
-        alpha=restored.config.decode.alpha,
-        max_extra_length=restored.config.decode.max_extra_length,
-        batch_size=restored.config.decode.batch_size,
-        max_input_length=32,
+        restored.model, restored.params, restored.tokenizer, INPUT_LINES, settings, 32
     )
 
     code, stdout, stderr = finish(cli)
@@ -201,8 +193,9 @@ def test_average_save_and_attention_plot_through_the_command(workdir, tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((average_dir / "average.json").read_text())["averaged_steps"] == [2, 3]
 
-    # The saved average is the float64 mean of steps 2 and 3, readable by restore_for_inference.
-    _, saved, tokenizer = checkpointing.restore_for_inference(average_dir)
+    # The saved average is the float64 mean of steps 2 and 3, and restores as a checkpoint.
+    average = restoring.restore_for_translation(average_dir)
+    saved, tokenizer = average.params, average.tokenizer
     step_2 = restoring.restore_for_translation(workdir / "checkpoints" / "2").params
     step_3 = restoring.restore_for_translation(workdir / "checkpoints" / "3").params
     mean = jax.tree.map(lambda a, b: (np.float64(a) + np.float64(b)) / 2, step_2, step_3)
@@ -232,7 +225,14 @@ def test_bad_inputs_are_one_line_errors_saying_what_to_do(workdir, tmp_path):
     checkpoint = f"--workdir={workdir}"
     cases = {
         "No checkpoint found at": ([f"--workdir={tmp_path / 'empty'}"], b""),
-        "--beam_size must be at least 1, got 0": ([checkpoint, "--beam_size=0"], b""),
+        "beam_size must be a positive integer, got 0 (decoding flags: --strategy": (
+            [checkpoint, "--beam_size=0"],
+            b"",
+        ),
+        "greedy search keeps one hypothesis but beam_size is 3": (
+            [checkpoint, "--strategy=greedy", "--beam_size=3"],
+            b"",
+        ),
         "does not fit the model config: decoder/layer_0/feed_forward/wi/bias is (64,) in the "
         "checkpoint but (128,)": (
             [checkpoint, f"--config={train_runner.TINY_CONFIG}", "--config.model.d_ff=128"],

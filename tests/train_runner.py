@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -157,3 +158,25 @@ def free_port() -> int:
 
 def terminate(process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGTERM)
+
+
+class StderrWatcher:
+    """Reads a started process's stderr in a thread (so the pipe never fills), keeping the
+    lines and noting when one containing `marker` arrives."""
+
+    def __init__(self, process: subprocess.Popen, marker: str) -> None:
+        self.lines: list[str] = []
+        self.marker = marker
+        self.seen = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _read(self, process: subprocess.Popen) -> None:
+        for line in process.stderr:
+            self.lines.append(line)
+            if self.marker in line:
+                self.seen.set()
+
+    def text(self) -> str:
+        self._thread.join(timeout=30)
+        return "".join(self.lines)

@@ -7,7 +7,7 @@ back to the parameters' own dtype at the end. Averaging copies of one checkpoint
 checkpoint back exactly.
 
 `save_average` writes the result as a checkpoint that `translate.py --checkpoint=` and
-`training.checkpointing.restore_for_inference` read: DIR/checkpoints/<step>/ with the items
+`training.restoring.restore_for_translation` read: DIR/checkpoints/<step>/ with the items
 params, config and tokenizer (no optimizer state: it is for decoding, not for resuming), and
 DIR/average.json saying which checkpoints were averaged.
 """

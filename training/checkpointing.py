@@ -7,8 +7,8 @@ Items of one checkpoint (each a sub-directory):
 - `config/`     the run's config as JSON;
 - `tokenizer/`  `spm.model`, the sentencepiece model (loadable by sentencepiece directly).
 
-So a checkpoint alone is enough to decode: `restore_for_inference(path)` reads the config,
-the tokenizer and the parameters (not the optimizer state), onto the devices present.
+So a checkpoint alone is enough to decode. Reading checkpoints (decoding, averaging, resuming
+training) is training/restoring.py's job; this module is the format and the saving.
 
 Saving is asynchronous: `save` returns once arrays are copied off the devices, and the files
 are written in the background. A checkpoint directory only gets its final name once every
@@ -23,18 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
-from absl import logging
 from etils import epath
-from flax import linen as nn
-from jax.sharding import Mesh, SingleDeviceSharding
 
-from input_pipeline import Tokenizer
-from model import Transformer
-from training import partitioning
-from training.configuration import model_config
 from training.state import TrainState
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -144,8 +136,9 @@ def save(
     )
 
 
-def _abstract(tree: Any, shardings: Any) -> Any:
-    """ShapeDtypeStructs carrying the target shardings: what orbax restores into."""
+def restore_target(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs of `tree`'s leaves carrying the target `shardings`: what orbax
+    restores into (training/restoring.py reads checkpoints)."""
     return jax.tree.map(
         lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
         tree,
@@ -153,38 +146,11 @@ def _abstract(tree: Any, shardings: Any) -> Any:
     )
 
 
-def restore_train_state(
-    manager: ocp.CheckpointManager, step: int, abstract_state: TrainState, shardings: TrainState
-) -> tuple[TrainState, Any]:
-    """(TrainState laid out by `shardings`, the data iterator state of ProcessJsonHandler)."""
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(_abstract(abstract_state.params, shardings.params)),
-            optimizer=ocp.args.StandardRestore(
-                _abstract(
-                    {"step": abstract_state.step, "opt_state": abstract_state.opt_state},
-                    {"step": shardings.step, "opt_state": shardings.opt_state},
-                )
-            ),
-            data=ProcessJsonRestore(),
-        ),
-    )
-    optimizer = restored["optimizer"]
-    state = TrainState(
-        step=optimizer["step"], params=restored["params"], opt_state=optimizer["opt_state"]
-    )
-    return state, restored["data"]
-
-
 def saved_model_config(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
     """The `model` section of the config stored with checkpoint `step`."""
     return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"][
         "model"
     ]
-
-
-# ------------------------------------------------------------------ inference side
 
 
 def find_checkpoint(path: str | Path) -> tuple[Path, int]:
@@ -208,52 +174,3 @@ def find_checkpoint(path: str | Path) -> tuple[Path, int]:
             "or one checkpoint's folder (checkpoints/<step>)."
         )
     return path, steps[-1]
-
-
-def restore_for_inference(
-    path: str | Path, mesh: Mesh | None = None
-) -> tuple[ml_collections.ConfigDict, Any, Any]:
-    """Everything needed to translate, from a checkpoint alone: (config, params, tokenizer).
-
-    `path` is a training workdir (its newest checkpoint is used), its `checkpoints/` folder,
-    or one checkpoint `checkpoints/<step>`. Only the parameters are read, not the optimizer
-    state. They are placed on this host's first device, or, given a `mesh`, sharded over it
-    by the model's logical axis rules; the layout used in training does not matter (trained on
-    8 devices, restored on 1, or the other way round).
-
-    The returned config is the training run's config (plain values, no references); build the
-    model with `training.configuration.model_config(config)`. The tokenizer is an
-    `input_pipeline.Tokenizer`.
-    """
-    directory, step = find_checkpoint(path)
-    manager = ocp.CheckpointManager(
-        epath.Path(directory),
-        options=ocp.CheckpointManagerOptions(read_only=True),
-        item_names=("params", "config", "tokenizer"),
-    )
-    saved = manager.restore(
-        step,
-        args=ocp.args.Composite(config=ocp.args.JsonRestore(), tokenizer=FileBytesRestore()),
-    )
-    config = ml_collections.ConfigDict(saved["config"])
-    model = Transformer(model_config(config))
-
-    def init(rng):
-        tokens = jnp.ones((1, 8), jnp.int32)
-        return model.init(rng, tokens, tokens)["params"]
-
-    boxed = jax.eval_shape(init, jax.random.key(0))
-    if mesh is None:
-        device = SingleDeviceSharding(jax.local_devices()[0])
-        shardings = jax.tree.map(lambda _: device, nn.unbox(boxed))
-    else:
-        shardings = partitioning.shardings_for(boxed, mesh)
-    params = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(_abstract(nn.unbox(boxed), shardings))
-        ),
-    )["params"]
-    manager.close()
-    logging.info("Restored parameters of step %d from %s.", step, directory / str(step))
-    return config, params, Tokenizer.from_bytes(saved["tokenizer"])

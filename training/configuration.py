@@ -2,7 +2,9 @@
 
 Every config file starts from `configs/base.py`, which declares (and comments) every field,
 so a key that base.py does not have is a typo or a leftover: it is an error, not a silent
-no-op.
+no-op. Values that would only fail later (at the first evaluation, inside jit, or as NaN
+positions) are errors here too: lengths beyond model.max_length, bad decode settings, and
+attention implementations the platform or dtype cannot run.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import jax
 import ml_collections
 
 from configs import base
+from decoding.settings import DecodeSettings, DecodeSettingsError
 from model import TransformerConfig
 from training.errors import ConfigError
 from training.state import SCHEDULES
@@ -60,12 +63,61 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "eval_every_steps must be >= 0 (0 = only at the end)": config.eval_every_steps >= 0,
         "keep_checkpoints must be positive": config.keep_checkpoints > 0,
         "eval_batch_size must be positive": config.eval_batch_size > 0,
+        "max_steps_in_flight must be >= 0 (0 = no bound)": config.max_steps_in_flight >= 0,
         "model.dtype must be 'auto', 'float32' or 'bfloat16'": config.model.dtype
         in ("auto", "float32", "bfloat16"),
     }
     for message, ok in problems.items():
         if not ok:
             raise ConfigError(f"Bad config: {message}.")
+    check_lengths(config)
+    check_decode(config.decode)
+    check_attention(config)
+    model_config(config)  # the model's own checks (TransformerConfig)
+
+
+def check_lengths(config: ml_collections.ConfigDict) -> None:
+    """Training rows, evaluation rows and decoding inputs fit the model's positions."""
+    limit = config.model.max_length
+    for name in ("max_length", "max_eval_length", "max_predict_length"):
+        length = config.data[name]
+        if not 2 <= length <= limit:
+            raise ConfigError(
+                f"Bad config: data.{name}={length} must be between 2 and model.max_length="
+                f"{limit} (the longest position the model embeds); lower it or raise "
+                "model.max_length."
+            )
+
+
+def check_decode(decode: ml_collections.ConfigDict) -> None:
+    """config.decode makes valid DecodeSettings (the evaluation's decoding uses them)."""
+    try:
+        DecodeSettings.from_config(decode)
+    except DecodeSettingsError as error:
+        raise ConfigError(f"{error} (config.decode)") from None
+
+
+def check_attention(config: ml_collections.ConfigDict, platform: str | None = None) -> None:
+    """'cudnn' attention runs only on NVIDIA GPUs, in bfloat16, without attention dropout;
+    elsewhere it would fail inside jit or fall back silently."""
+    model = config.model
+    if model.attention_implementation != "cudnn":
+        return
+    platform = platform or jax.default_backend()
+    dtype = compute_dtype(model.dtype, platform)
+    needs = {
+        f"a GPU (this run's platform is {platform})": platform == "gpu",
+        f"model.dtype 'bfloat16' or 'auto' (it computes in {dtype})": dtype == "bfloat16",
+        f"model.attention_dropout_rate=0 (it is {model.attention_dropout_rate})": (
+            model.attention_dropout_rate == 0
+        ),
+    }
+    for need, ok in needs.items():
+        if not ok:
+            raise ConfigError(
+                f"Bad config: model.attention_implementation='cudnn' needs {need}; set "
+                "model.attention_implementation='xla', or change that setting."
+            )
 
 
 def compute_dtype(requested: str, platform: str | None = None) -> str:

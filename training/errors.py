@@ -7,3 +7,11 @@ class ConfigError(ValueError):
 
 class TrainingDivergedError(RuntimeError):
     """The loss or the gradient norm became NaN or infinite."""
+
+
+class WorkdirLockedError(RuntimeError):
+    """Another run holds the workdir (training/workdir_lock.py)."""
+
+
+class DistributedSetupError(RuntimeError):
+    """The processes of a multi-host job could not join each other (training/distributed.py)."""

@@ -2,13 +2,15 @@
 
 Loss and accuracy are teacher-forced over padded validation batches (all hosts take part,
 each with its slice of every batch). BLEU decodes the first `num_bleu_examples` validation
-sentences with `decoding.translate_texts` (beam size and length penalty from config.decode)
+sentences with `decoding.translate_texts` (beam size and length penalty from config.decode),
+each decoding batch split over the mesh's batch axes and the hosts as training batches are,
 and scores them against the references with sacreBLEU's corpus BLEU; exact match (the share
 of outputs equal to their reference) is reported with it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +20,7 @@ from jax.sharding import Mesh
 
 import input_pipeline
 from decoding import scoring, translate_texts
+from decoding.settings import DecodeSettings
 from model import Transformer
 from training import partitioning
 from training.loss import summarize
@@ -49,19 +52,19 @@ def translate(
     sources: Sequence[str],
     decode_config: Any,
     max_input_length: int,
+    mesh: Mesh | None = None,
 ) -> list[str]:
-    """Translations of `sources` with the beam size, length penalty, length margin and batch
-    size of `decode_config` (config.decode)."""
+    """Translations of `sources` with the decode settings of `decode_config` (config.decode).
+    Given a `mesh`, each batch (its size rounded up to a multiple of the mesh's batch shards)
+    is split over those shards and the hosts; every host calls this with the same sources."""
+    settings = DecodeSettings.from_config(decode_config)
+    rows = None
+    if mesh is not None:
+        ways = partitioning.batch_axis_size(mesh)
+        settings = dataclasses.replace(settings, batch_size=-(-settings.batch_size // ways) * ways)
+        rows = partitioning.batch_sharding(mesh)
     return translate_texts(
-        model,
-        params,
-        tokenizer,
-        list(sources),
-        beam_size=decode_config.beam_size,
-        alpha=decode_config.alpha,
-        max_extra_length=decode_config.max_extra_length,
-        batch_size=decode_config.batch_size,
-        max_input_length=max_input_length,
+        model, params, tokenizer, list(sources), settings, max_input_length, rows=rows
     )
 
 
@@ -131,6 +134,7 @@ class Evaluator:
             [s for s, _ in self.decoded_pairs],
             config.decode,
             config.data.max_predict_length,
+            self.mesh,
         )
         if config.num_bleu_examples != 0:
             references = [t for _, t in self.decoded_pairs]

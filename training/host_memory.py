@@ -2,11 +2,10 @@
 
 XLA:CPU allocates the temporary buffer of every executable run with malloc; for the base
 model's train step at 8 x 64 tokens that is 514 MB, which glibc maps fresh on every step and
-the kernel then faults in 4 KiB at a time: 125,000 page faults and about 60 ms per step. With
-glibc's tunable `glibc.malloc.hugetlb=1`, malloc advises transparent huge pages for such
-mappings and the whole step then costs about 170 faults. Measured on a 2-core CPU:
-0.644 -> 0.580 s per step (README, performance log). On GPU/TPU hosts only host-side
-allocations are affected (unmeasured there).
+the kernel then faults in 4 KiB at a time. With glibc's tunable `glibc.malloc.hugetlb=1`,
+malloc advises transparent huge pages for such mappings, and the faults nearly vanish
+(docs/performance.md has the counts and step times). On GPU/TPU hosts only host-side
+allocations are affected.
 
 glibc reads tunables only when a process starts, so `use_huge_pages` re-executes the running
 program (same PID, arguments, standard streams) with the tunable set. Entry points call it

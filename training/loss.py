@@ -36,7 +36,7 @@ def loss_sums(
     # -(1 - ls) log p(target) - ls/(V-1) * sum_{k != target} log p(k) equals
     # logsumexp(z) - (1 - ls - ls/(V-1)) z_target - ls/(V-1) * sum_k z_k. Written so, no
     # [batch, length, vocab] log-probabilities are materialized and the gradient is one fused
-    # softmax(z) - weights pass (about 10% of a CPU train step of the base model).
+    # softmax(z) - weights pass (measured in docs/performance.md).
     log_normalizer = jax.nn.logsumexp(logits, axis=-1)  # [batch, length]
     target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     nll = log_normalizer - target_logits  # [batch, length]
@@ -55,11 +55,6 @@ def loss_sums(
         "correct": jnp.sum(correct * weights),
         "tokens": jnp.sum(weights),
     }
-
-
-def add_sums(a: Mapping[str, Array], b: Mapping[str, Array]) -> dict[str, Array]:
-    """Elementwise sum of two metric-sum dicts with the same keys."""
-    return {key: a[key] + b[key] for key in a}
 
 
 def summarize(sums: Mapping[str, float | np.ndarray]) -> dict[str, float]:

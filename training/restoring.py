@@ -1,16 +1,19 @@
-"""Restoring what decoding needs from checkpoints, with one-line errors that say what to do.
+"""Restoring checkpoints: the one path from a checkpoint to parameters on devices.
 
-`restore_for_translation(path, ...)` reads, from a training workdir (its newest checkpoint) or
-one checkpoint folder `checkpoints/<step>`:
-- the config: the one saved with the checkpoint, or one the caller gives (then the parameter
-  shapes are checked against it: a mismatch names the first parameter that does not fit);
-- the tokenizer: the one saved with the checkpoint, or a sentencepiece file the caller gives;
-- the parameters only (never the optimizer state), of that checkpoint or the mean of the last
-  N checkpoints up to it (training/averaging.py), placed on this host's first device or
-  sharded over a mesh. The layout used in training does not matter.
+- `restore_for_translation(path, ...)`: what decoding needs (translate.py, the server, the
+  export, scripts/exact_match.py). From a training workdir (its newest checkpoint) or one
+  checkpoint folder `checkpoints/<step>`, it reads
+  - the config: the one saved with the checkpoint, or one the caller gives (then the parameter
+    shapes are checked against it: a mismatch names the first parameter that does not fit);
+  - the tokenizer: the one saved with the checkpoint, or a sentencepiece file the caller gives;
+  - the parameters only (never the optimizer state), of that checkpoint or the mean of the last
+    N checkpoints up to it (training/averaging.py).
+- `restore_train_state(...)`: training's resume; the same parameter restore, plus the
+  optimizer state and the data iterator's position.
 
-The format is the one of training/checkpointing.py; `checkpointing.restore_for_inference`
-is the plain version of this (saved config and tokenizer, no averaging, no checks).
+Both read parameters with `restore_params` into a `param_target`: the model's parameter shapes
+(model/parameters.py) placed on this host's first device or sharded over a mesh. The layout
+used in training does not matter. The format is the one training/checkpointing.py writes.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 from flax import linen as nn
 from jax.sharding import Mesh, SingleDeviceSharding
@@ -30,9 +33,11 @@ from jax.sharding import Mesh, SingleDeviceSharding
 from data.errors import DataError
 from input_pipeline import Tokenizer
 from model import Transformer
+from model.parameters import abstract_params
 from training import averaging, checkpointing, partitioning
 from training.configuration import model_config
 from training.errors import ConfigError
+from training.state import TrainState
 
 
 class RestoreError(ValueError):
@@ -114,16 +119,6 @@ def load_tokenizer(step_dir: Path, tokenizer_file: str | Path | None, vocab_size
     return tokenizer
 
 
-def abstract_params(model: Transformer) -> Any:
-    """The boxed (logically partitioned) parameter shapes of `model`, without computing them."""
-
-    def init(rng):
-        tokens = jnp.ones((1, 8), jnp.int32)
-        return model.init(rng, tokens, tokens)["params"]
-
-    return jax.eval_shape(init, jax.random.key(0))
-
-
 def _shapes_by_name(tree: Any) -> dict[str, tuple[int, ...]]:
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {
@@ -153,10 +148,33 @@ def check_shapes(step_dir: Path, expected: Any) -> None:
         raise RestoreError(f"{step_dir} does not fit the model config: {problem}; {advice}")
 
 
-def restore_params(step_dir: Path, target: Any) -> Any:
-    """The parameters of one checkpoint, restored into `target` (ShapeDtypeStructs carrying
-    the wanted shardings)."""
-    return ocp.StandardCheckpointer().restore(epath.Path(step_dir / "params"), target)
+def param_target(model: Transformer, mesh: Mesh | None = None) -> Any:
+    """What parameters are restored into: `model`'s parameter shapes as ShapeDtypeStructs,
+    each on this host's first device, or, given a `mesh`, sharded over it by the model's
+    logical axis names (training/partitioning.py)."""
+    boxed = abstract_params(model)
+    shapes = nn.unbox(boxed)
+    if mesh is None:
+        device = SingleDeviceSharding(jax.local_devices()[0])
+        shardings = jax.tree.map(lambda _: device, shapes)
+    else:
+        shardings = partitioning.shardings_for(boxed, mesh)
+    return checkpointing.restore_target(shapes, shardings)
+
+
+def restore_params(checkpoints_dir: Path, steps: list[int], target: Any) -> Any:
+    """The parameters of checkpoint `steps[0]`, or the mean of those of all `steps`, restored
+    into `target` (see `param_target`). Every checkpoint's shapes are checked first."""
+    for step in steps:
+        check_shapes(checkpoints_dir / str(step), target)
+
+    def read(step: int) -> Any:
+        with ocp.StandardCheckpointer() as checkpointer:
+            return checkpointer.restore(epath.Path(checkpoints_dir / str(step) / "params"), target)
+
+    if len(steps) == 1:
+        return read(steps[0])
+    return averaging.average_params(read(step) for step in steps)
 
 
 def restore_for_translation(
@@ -168,8 +186,9 @@ def restore_for_translation(
     mesh: Mesh | None = None,
 ) -> Restored:
     """Config, model, parameters (averaged over the last `average_last` checkpoints up to the
-    one `path` names) and tokenizer. `config` replaces the saved config; `tokenizer_file`
-    the saved tokenizer. Raises RestoreError (one line) when something does not fit."""
+    one `path` names) and tokenizer, on this host's first device or sharded over `mesh`.
+    `config` replaces the saved config; `tokenizer_file` the saved tokenizer. Raises
+    RestoreError (one line) when something does not fit."""
     try:
         checkpoints_dir, step = checkpointing.find_checkpoint(path)
     except FileNotFoundError as error:
@@ -183,25 +202,31 @@ def restore_for_translation(
     except (ConfigError, KeyError, AttributeError) as error:
         raise RestoreError(f"The model config of {newest} is not usable: {error}") from None
     tokenizer = load_tokenizer(newest, tokenizer_file, model.config.vocab_size)
-
-    boxed = abstract_params(model)
-    shapes = nn.unbox(boxed)
-    if mesh is None:
-        device = SingleDeviceSharding(jax.local_devices()[0])
-        shardings = jax.tree.map(lambda _: device, shapes)
-    else:
-        shardings = partitioning.shardings_for(boxed, mesh)
-    target = jax.tree.map(
-        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-        shapes,
-        shardings,
-    )
-    for s in steps:
-        check_shapes(checkpoints_dir / str(s), shapes)
-    if len(steps) == 1:
-        params = restore_params(newest, target)
-    else:
-        params = averaging.average_params(
-            restore_params(checkpoints_dir / str(s), target) for s in steps
-        )
+    params = restore_params(checkpoints_dir, steps, param_target(model, mesh))
+    logging.info("Restored the parameters of steps %s from %s.", steps, checkpoints_dir)
     return Restored(config, model, params, tokenizer, checkpoints_dir, steps)
+
+
+def restore_train_state(
+    manager: ocp.CheckpointManager, step: int, abstract_state: TrainState, shardings: TrainState
+) -> tuple[TrainState, Any]:
+    """Training's resume from checkpoint `step` of `manager`: (the TrainState laid out by
+    `shardings`, the data iterator state as `checkpointing.ProcessJsonHandler` restores it:
+    this process's, the list of every process's when the process count changed, or None)."""
+    checkpoints_dir = Path(str(manager.directory))
+    params_target = checkpointing.restore_target(abstract_state.params, shardings.params)
+    params = restore_params(checkpoints_dir, [step], params_target)
+    optimizer_target = checkpointing.restore_target(
+        {"step": abstract_state.step, "opt_state": abstract_state.opt_state},
+        {"step": shardings.step, "opt_state": shardings.opt_state},
+    )
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            optimizer=ocp.args.StandardRestore(optimizer_target),
+            data=checkpointing.ProcessJsonRestore(),
+        ),
+    )
+    optimizer = restored["optimizer"]
+    state = TrainState(step=optimizer["step"], params=params, opt_state=optimizer["opt_state"])
+    return state, restored["data"]

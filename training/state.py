@@ -1,8 +1,8 @@
 """The train state (step, parameters, optimizer state), the optimizer and its schedules.
 
 A "step" is one call of the train step on one batch of `config.batch_size` rows. With
-`grad_accum_steps = k`, optax.MultiSteps applies an update every k steps, and the learning
-rate schedule counts those updates.
+`grad_accum_steps = k`, an update is applied every k steps, equal to the update of one batch
+holding all k (training/accumulation.py), and the learning rate schedule counts updates.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from flax import struct
 from jax.sharding import Mesh
 
 from model import Transformer
+from model.parameters import init_params
 from training import partitioning
+from training.accumulation import accumulate_by_tokens
 
 SCHEDULES = ("rsqrt", "cosine", "constant")
 
@@ -74,7 +76,9 @@ def make_optimizer(
     config: ml_collections.ConfigDict, schedule: optax.Schedule
 ) -> optax.GradientTransformation:
     """Adam(b1, b2, eps) on `schedule`, optionally with decoupled weight decay on matrices,
-    global-norm clipping before it, and MultiSteps gradient accumulation around it."""
+    global-norm clipping before it, and token-weighted gradient accumulation around it.
+
+    Its `update` takes the batch's token count as the extra argument `tokens`."""
     parts = []
     if config.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
@@ -93,22 +97,20 @@ def make_optimizer(
         parts.append(
             optax.adam(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
         )
-    optimizer = optax.chain(*parts)
+    optimizer = optax.chain(*parts)  # ignores the `tokens` argument
     if config.grad_accum_steps > 1:
-        optimizer = optax.MultiSteps(optimizer, every_k_schedule=config.grad_accum_steps)
-        optimizer = optimizer.gradient_transformation()
+        optimizer = accumulate_by_tokens(optimizer, config.grad_accum_steps)
     return optimizer
 
 
 def _init_fn(
-    model: Transformer, optimizer: optax.GradientTransformation, sample_length: int
+    model: Transformer, optimizer: optax.GradientTransformation
 ) -> Callable[[jax.Array], TrainState]:
     """rng -> a fresh TrainState whose parameters and moments are flax `LogicallyPartitioned`
     boxes (so that their logical axis names can be read from `jax.eval_shape`)."""
 
     def init(rng: jax.Array) -> TrainState:
-        tokens = jnp.ones((1, sample_length), jnp.int32)
-        params = model.init(rng, tokens, tokens)["params"]
+        params = init_params(model, rng)
         return TrainState(
             step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params)
         )
@@ -121,13 +123,13 @@ def state_shardings(
 ) -> TrainState:
     """NamedShardings for every leaf of the TrainState, from the model's logical axis names
     (optimizer moments follow their parameters; counters are replicated)."""
-    abstract = jax.eval_shape(_init_fn(model, optimizer, 8), jax.random.key(0))
+    abstract = jax.eval_shape(_init_fn(model, optimizer), jax.random.key(0))
     return partitioning.shardings_for(abstract, mesh)
 
 
 def abstract_train_state(model: Transformer, optimizer: optax.GradientTransformation) -> TrainState:
     """The TrainState's shapes and dtypes (jax.ShapeDtypeStruct leaves), allocating nothing."""
-    init = _init_fn(model, optimizer, 8)
+    init = _init_fn(model, optimizer)
     return jax.eval_shape(lambda key: nn.unbox(init(key)), jax.random.key(0))
 
 
@@ -137,7 +139,7 @@ def create_train_state(
     """A freshly initialised TrainState created directly in its sharded layout (no device ever
     holds the whole model unless the mesh says so), and its shardings."""
     shardings = state_shardings(model, optimizer, mesh)
-    init = _init_fn(model, optimizer, 8)
+    init = _init_fn(model, optimizer)
     create = jax.jit(lambda key: nn.unbox(init(key)), out_shardings=shardings)
     return create(rng), shardings
 

@@ -14,7 +14,6 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from data.streams import TRAIN_KEYS
 from model import Transformer
 from training import partitioning
 from training.loss import loss_sums
@@ -23,8 +22,6 @@ from training.state import TrainState
 Batch = dict[str, jax.Array]
 TrainStep = Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
 EvalStep = Callable[[jax.Array, Batch], dict[str, jax.Array]]
-
-BATCH_KEYS = TRAIN_KEYS  # what the input pipeline yields and the model consumes
 
 # XLA:CPU options for the train step. With the state donated, the default copy insertion
 # copied every layer's parameters at the start of each step (176 MB per step for the base
@@ -79,6 +76,7 @@ def make_train_step(
     for every example on every device and host.
     """
     base_key = jax.random.key(dropout_seed)
+    optimizer = optax.with_extra_args_support(optimizer)  # update(..., tokens=) for any optax
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         dropout_rng = jax.random.fold_in(base_key, state.step)
@@ -89,7 +87,9 @@ def make_train_step(
             return sums["loss_sum"] / jnp.maximum(sums["tokens"], 1.0), sums
 
         grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        updates, opt_state = optimizer.update(
+            grads, state.opt_state, state.params, tokens=sums["tokens"]
+        )
         params = optax.apply_updates(state.params, updates)
         sums = {
             **sums,

@@ -29,6 +29,7 @@ other processes load the machine (threads that spin-wait count there too). The 1
 average before and after goes into the JSON.
 """
 
+import dataclasses
 import gzip
 import json
 import os
@@ -52,6 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere
 
 from decoding import EOS_ID, translate_texts, translate_tokens  # noqa: E402
+from decoding.settings import DecodeSettings  # noqa: E402
+from decoding.settings import max_input_length as longest_input  # noqa: E402
 from decoding.translator import encode_texts  # noqa: E402
 from exporting.converter import FlaxTransformerConverter  # noqa: E402
 from exporting.export import vocabulary  # noqa: E402
@@ -221,11 +224,13 @@ def read_lines(split: str, language: str) -> list[str]:
 def real_path() -> dict:
     """The newest checkpoint of --workdir on a Multi30k split: translate_texts vs CTranslate2."""
     restored = restoring.restore_for_translation(_WORKDIR.value)
-    decode, data = restored.config.decode, restored.config.data
-    beam_sizes = [int(b) for b in (_BEAM_SIZES.value or [str(decode.beam_size)])]
-    alpha = decode.alpha if _ALPHA.value is None else _ALPHA.value
-    batch = _BATCH_SIZE.value or decode.batch_size
-    max_input_length = min(data.max_predict_length, restored.model.config.max_length)
+    configured = DecodeSettings.from_config(
+        restored.config.decode, alpha=_ALPHA.value, batch_size=_BATCH_SIZE.value
+    )
+    beam_sizes = [int(b) for b in (_BEAM_SIZES.value or [str(configured.beam_size)])]
+    alpha, batch = configured.alpha, configured.batch_size
+    max_extra_length = configured.max_extra_length
+    max_input_length = longest_input(restored.config)
     source_language, target_language = _LANGUAGES.value
     sources = read_lines(_SPLIT.value, source_language)[: _NUM_SENTENCES.value]
     references = read_lines(_SPLIT.value, target_language)[: _NUM_SENTENCES.value]
@@ -240,7 +245,7 @@ def real_path() -> dict:
             max_batch_size=batch,
             beam_size=beam,
             length_penalty=alpha,
-            max_decoding_length=max(map(len, ids)) + 1 + decode.max_extra_length,
+            max_decoding_length=max(map(len, ids)) + 1 + max_extra_length,
         )
         return [tokenizer.decode([piece_ids[p] for p in r.hypotheses[0]]) for r in results]
 
@@ -251,16 +256,11 @@ def real_path() -> dict:
         fns = {}
         for beam in beam_sizes:
             name = "greedy" if beam == 1 else f"beam{beam}"
-            fns[f"ours_{name}"] = lambda beam=beam: translate_texts(
-                restored.model,
-                restored.params,
-                tokenizer,
-                sources,
-                beam_size=beam,
-                alpha=alpha,
-                max_extra_length=decode.max_extra_length,
-                batch_size=batch,
-                max_input_length=max_input_length,
+            decode = dataclasses.replace(
+                configured, strategy="greedy" if beam == 1 else "beam", beam_size=beam
+            )
+            fns[f"ours_{name}"] = lambda decode=decode: translate_texts(
+                restored.model, restored.params, tokenizer, sources, decode, max_input_length
             )
             fns[f"ctranslate2_{name}"] = lambda beam=beam: ctranslate2_texts(translator, beam)
         outputs = {name: fn() for name, fn in fns.items()}
@@ -283,7 +283,7 @@ def real_path() -> dict:
             "sentences": len(sources),
             "batch_size": batch,
             "alpha": alpha,
-            "max_extra_length": decode.max_extra_length,
+            "max_extra_length": max_extra_length,
         },
         "results": results,
     }

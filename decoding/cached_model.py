@@ -40,21 +40,38 @@ def step(
     model: Transformer, params, inputs: Array, cache: Cache, tokens: Array
 ) -> tuple[Array, Cache]:
     """One decoder step for every row: tokens [rows] (the previous outputs, PAD_ID at the
-    start) -> (log-probabilities [rows, vocab] float32, updated cache).
-
-    PAD_ID gets log-probability -inf: padding is never an output, so a zero in an output
-    sequence always means "after EOS" (or "after the length limit").
-    """
-    logits, cache = model.apply(
+    start) -> (logits [rows, vocab] float32, updated cache)."""
+    return model.apply(
         {"params": nn.unbox(params)},
         tokens[:, None],
         inputs,
         cache,
         method="decode_step",
     )
+
+
+def step_log_probs(
+    model: Transformer, params, inputs: Array, cache: Cache, tokens: Array
+) -> tuple[Array, Cache]:
+    """`step`, returning next_token_log_probs [rows, vocab] instead of the logits."""
+    logits, cache = step(model, params, inputs, cache, tokens)
     return next_token_log_probs(logits), cache
 
 
 def next_token_log_probs(logits: Array) -> Array:
-    """logits [rows, vocab] -> log-probabilities, with PAD_ID impossible (-inf)."""
-    return jax.nn.log_softmax(logits, axis=-1).at[:, PAD_ID].set(-jnp.inf)
+    """logits [rows, vocab] -> log-probabilities, with PAD_ID impossible (-inf).
+
+    PAD_ID gets -inf: padding is never an output, so a zero in an output sequence always
+    means "after EOS" (or "after the length limit"). An elementwise select rather than a
+    scatter, so that XLA fuses it into whatever reads the result."""
+    return _without_padding(jax.nn.log_softmax(logits, axis=-1))
+
+
+def most_probable_tokens(logits: Array) -> Array:
+    """logits [rows, vocab] -> the most probable non-padding token of each row [rows] int32
+    (the argmax of next_token_log_probs, without computing the softmax)."""
+    return jnp.argmax(_without_padding(logits), axis=-1).astype(jnp.int32)
+
+
+def _without_padding(scores: Array) -> Array:
+    return jnp.where(jnp.arange(scores.shape[-1]) == PAD_ID, -jnp.inf, scores)

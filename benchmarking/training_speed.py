@@ -75,6 +75,7 @@ def benchmark_training(
         devices=f"{partitioning.describe(mesh)}, {jax.devices()[0].device_kind}",
         batch_shape=f"{rows} x {length}",
         compute_dtype=model_config.dtype,
+        attention_implementation=model_config.attention_implementation,
         fill_rate=fill_rate,
         steps=steps,
         tokens_per_s=rows * length / step_time,

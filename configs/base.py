@@ -66,7 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
     model.dtype = "auto"  # compute: 'auto' = bfloat16 on GPU/TPU, float32 on CPU; or explicit
     model.param_dtype = "float32"  # parameter storage dtype
     model.remat = False  # recompute layer activations in backward (saves memory)
-    model.attention_implementation = "xla"  # 'cudnn': fused attention on NVIDIA GPUs (bf16)
+    # 'xla', 'cudnn' (fused, NVIDIA GPUs, bf16), 'splash' (fused, TPUs) or 'auto' (the platform's
+    # fused kernel if the model can use it, else xla; logged). See docs/accelerators.md.
+    model.attention_implementation = "xla"
 
     # ---------------------------------------------------------------- training
     config.seed = 0  # parameter init, dropout and data order

@@ -1,5 +1,5 @@
 """The model calls every search makes: encode the source once, then run the decoder one
-cached step at a time. Also the special token ids the searches rely on."""
+cached step at a time. The special token ids the searches rely on: data/special_tokens.py."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from data.special_tokens import EOS_ID, PAD_ID
 from model import Cache, Transformer
 
-Array = jax.Array
+__all__ = ["EOS_ID", "PAD_ID", "check_decode_length", "next_token_log_probs", "start", "step"]
 
-PAD_ID = 0  # padding; also the begin token fed to the decoder at the first step
-EOS_ID = 1  # end of sentence: a search stops a hypothesis when it emits this
+Array = jax.Array
 
 
 def check_decode_length(model: Transformer, max_decode_length: int) -> None:

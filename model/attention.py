@@ -13,6 +13,8 @@ from flax import linen as nn
 
 from model.config import TransformerConfig
 from model.dropout import keep_mask, random_seed
+from model.fused_attention import FUSED_IMPLEMENTATIONS, fused_attention
+from model.masks import AttentionSegments
 from model.matmul import project
 
 Array = jax.Array
@@ -22,7 +24,8 @@ def dot_product_attention(
     query: Array,  # [batch, q_len, heads, head_dim]
     key: Array,  # [batch, kv_len, heads, head_dim]
     value: Array,  # [batch, kv_len, heads, head_dim]
-    mask: Array | None,  # bool, broadcastable to [batch, heads, q_len, kv_len]; True = attend
+    mask: AttentionSegments | Array | None,  # segments, or bool broadcastable to
+    #                                          [batch, heads, q_len, kv_len] (True = attend)
     *,
     dropout_rate: float = 0.0,
     dropout_rng: Array | None = None,
@@ -31,18 +34,22 @@ def dot_product_attention(
 ) -> tuple[Array, Array | None]:
     """Returns (attention output [batch, q_len, heads, head_dim], weights or None).
 
-    Uses `jax.nn.dot_product_attention` with `implementation` ('xla', or 'cudnn' for the fused
-    kernel on NVIDIA GPUs) unless the caller needs what it cannot give: dropout on the
-    attention weights, or the weights themselves.
+    `implementation` 'cudnn' or 'splash' runs a fused kernel (model/fused_attention.py) when
+    the mask is given as segments; 'xla', a dense mask, dropout on the attention weights or a
+    request for the weights themselves take XLA's `jax.nn.dot_product_attention`, or the
+    plain formula below when it cannot give what is asked (dropout, weights).
     """
-    if not return_weights and (dropout_rate == 0.0 or dropout_rng is None):
+    wants_plain = return_weights or (dropout_rate > 0.0 and dropout_rng is not None)
+    if isinstance(mask, AttentionSegments):
+        if implementation in FUSED_IMPLEMENTATIONS and not wants_plain:
+            return fused_attention(query, key, value, mask, implementation), None
+        mask = mask.dense()
+    if not wants_plain:
         if mask is not None:
             mask = jnp.broadcast_to(
                 mask, (query.shape[0], mask.shape[1], query.shape[1], key.shape[1])
             )
-        output = jax.nn.dot_product_attention(
-            query, key, value, mask=mask, implementation=implementation
-        )
+        output = jax.nn.dot_product_attention(query, key, value, mask=mask, implementation="xla")
         return output, None
 
     scale = query.shape[-1] ** -0.5

@@ -15,6 +15,7 @@ from flax import linen as nn
 from model.attention import MultiHeadAttention
 from model.config import TransformerConfig
 from model.dropout import Dropout
+from model.masks import AttentionSegments
 from model.matmul import dense_dot_general
 
 Array = jax.Array
@@ -83,7 +84,7 @@ class EncoderLayer(nn.Module):
         self.feed_forward = FeedForward(self.config)
         self.feed_forward_residual = Residual(self.config)
 
-    def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, mask: AttentionSegments, deterministic: bool) -> Array:
         x = self.attention_residual(
             x, lambda y: self.self_attention(y, mask, deterministic=deterministic), deterministic
         )
@@ -112,9 +113,9 @@ class DecoderLayer(nn.Module):
     def __call__(
         self,
         x: Array,  # [batch, target_length, embed]
-        self_mask: Array,  # [batch, 1, target_length, target_length]
+        self_mask: AttentionSegments,  # target vs target, causal
         encoded: Array,  # [batch, source_length, embed]
-        cross_mask: Array,  # [batch, 1, target_length, source_length]
+        cross_mask: AttentionSegments,  # target vs source
         deterministic: bool,
     ) -> Array:
         x = self.self_attention_residual(

@@ -50,7 +50,7 @@ class Encoder(nn.Module):
         self, tokens: Array, positions: Array, segment_ids: Array | None, deterministic: bool
     ) -> Array:
         """tokens [batch, source_length] -> encoded [batch, source_length, embed]."""
-        mask = masks.attention_mask(tokens, tokens, segment_ids, segment_ids)
+        mask = masks.attention_segments(tokens, tokens, segment_ids, segment_ids)
         x = self.positions(self.embedding(tokens), positions)
         x = self.dropout(x, deterministic=deterministic)
         for layer in self.layers:
@@ -105,10 +105,10 @@ class Decoder(nn.Module):
         """Teacher forcing: logits [batch, target_length, vocab] predicting `targets`."""
         decoder_inputs = masks.shift_right(targets, target_segment_ids)
         # Validity comes from `targets`: a shifted-in 0 (begin) is a real position.
-        self_mask = masks.attention_mask(
+        self_mask = masks.attention_segments(
             targets, targets, target_segment_ids, target_segment_ids, causal=True
         )
-        cross_mask = masks.attention_mask(
+        cross_mask = masks.attention_segments(
             targets, source_tokens, target_segment_ids, source_segment_ids
         )
         x = self.positions(self.embedding(decoder_inputs), positions)

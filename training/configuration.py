@@ -18,6 +18,7 @@ import ml_collections
 from configs import base
 from decoding.settings import DecodeSettings, DecodeSettingsError
 from model import TransformerConfig
+from model.config import resolve_attention_implementation
 from training.errors import ConfigError
 from training.state import SCHEDULES
 
@@ -136,6 +137,7 @@ def model_config(
     fields = dict(config.model)
     fields["dtype"] = compute_dtype(fields["dtype"], platform)
     try:
+        fields["attention_implementation"] = resolve_attention_implementation(fields, platform)
         return TransformerConfig.from_mapping(fields)
     except ValueError as error:
         raise ConfigError(str(error)) from None

@@ -4,17 +4,24 @@
 German puts units before tens ("einundzwanzig" = one-and-twenty), so a model must learn real
 reordering, yet the corpus is generated in seconds by num2words, with no download.
 
-Which numbers go where (`split_numbers`):
-- Magnitude bands by digit count: 0-9, 10-99, 100-999, ... up to `max_number`.
-- Each split is a set of distinct numbers, spread as evenly as possible over the bands (so small
-  and large magnitudes all appear although large ones are far more numerous).
-- The validation and test splits take at most a tenth of each band, so training still sees most
-  small numbers. No number is in two splits.
+Which numbers go where (`split_numbers`), by magnitude band (digit count: 0-9, 10-99, 100-999,
+... up to `max_number`):
+- Training gives every band the same share of its examples, so the ten one-digit numbers are
+  as present as the 900,000 six-digit ones: a band with fewer numbers than its share repeats
+  each of them equally often, a larger band gives distinct numbers drawn at random.
+- The validation and test splits spread their examples as evenly as possible over the bands,
+  so every band is measured. A band of fewer than `MIN_BAND_SIZE_TO_HOLD_OUT` numbers (0-9,
+  10-99) is too small to hold numbers out of training, as a user expects every one of them to
+  translate: training has all of them, and a held-out split takes the whole band, so for these
+  bands it measures recall. Larger bands give each held-out split at most a tenth of their
+  numbers, never in training nor in another held-out split: there it measures generalisation.
 - Everything follows from the seed: the same arguments always give the same splits, in the same
   order.
 """
 
+import collections
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -22,8 +29,10 @@ from num2words import num2words
 
 from data.errors import DataError
 
-# Held-out splits (validation, test) take at most this fraction of each magnitude band.
+# Held-out splits (validation, test) take at most this fraction of each large magnitude band.
 HELD_OUT_FRACTION_PER_BAND = 0.1
+# A band with fewer numbers is trained on completely (and held-out splits repeat it whole).
+MIN_BAND_SIZE_TO_HOLD_OUT = 100
 
 
 def magnitude_bands(max_number: int) -> list[tuple[int, int]]:
@@ -34,6 +43,21 @@ def magnitude_bands(max_number: int) -> list[tuple[int, int]]:
         bands.append((low, high))
         low = high + 1
     return bands
+
+
+def digit_count(number: int) -> int:
+    """The magnitude band of `number`: 1 for 0-9, 2 for 10-99, ..."""
+    return len(str(int(number)))
+
+
+def exact_match_by_band(
+    digit_counts: Sequence[int], correct: Sequence[bool]
+) -> dict[int, tuple[int, float]]:
+    """{digit count: (examples, share exactly right)} over the examples of each band."""
+    totals, right = collections.Counter(digit_counts), collections.Counter()
+    for digits, ok in zip(digit_counts, correct, strict=True):
+        right[digits] += ok
+    return {digits: (totals[digits], right[digits] / totals[digits]) for digits in sorted(totals)}
 
 
 def _spread(total: int, capacities: list[int]) -> list[int]:
@@ -50,42 +74,64 @@ def _spread(total: int, capacities: list[int]) -> list[int]:
     return counts
 
 
-def split_numbers(sizes: dict[str, int], max_number: int, seed: int) -> dict[str, np.ndarray]:
-    """Draws disjoint sets of numbers in [0, max_number] for each split (see module docstring).
-
-    `sizes` maps split name to size; 'train' is filled last from what the others left.
-    Returns split name -> int64 array of distinct numbers in random order.
-    """
-    bands = magnitude_bands(max_number)
-    band_sizes = [high - low + 1 for low, high in bands]
-    held_out_cap = [max(1, math.floor(HELD_OUT_FRACTION_PER_BAND * s)) for s in band_sizes]
-    order = [name for name in sizes if name != "train"] + ["train"] * ("train" in sizes)
-    left = list(band_sizes)
-    counts = {}  # split name -> numbers drawn per band
-    for name in order:
-        caps = (
-            left
-            if name == "train"
-            else [min(c, n) for c, n in zip(held_out_cap, left, strict=True)]
-        )
+def _held_out_counts(sizes: dict[str, int], max_number: int) -> dict[str, list[int]]:
+    """Numbers per band of every held-out split (every name but 'train')."""
+    band_sizes = [high - low + 1 for low, high in magnitude_bands(max_number)]
+    small = [n < MIN_BAND_SIZE_TO_HOLD_OUT for n in band_sizes]
+    left = list(band_sizes)  # numbers of each large band that no held-out split has yet
+    counts = {}
+    for name in (name for name in sizes if name != "train"):
+        caps = [
+            n if is_small else min(rest, math.floor(HELD_OUT_FRACTION_PER_BAND * n))
+            for n, rest, is_small in zip(band_sizes, left, small, strict=True)
+        ]
         counts[name] = _spread(sizes[name], caps)
         if sum(counts[name]) < sizes[name]:
             raise DataError(
-                f"numbers corpus: cannot draw {sizes[name]} distinct numbers for split '{name}' "
-                f"from 0..{max_number} (at most {sum(caps)} left); lower data.numbers_*_size or "
-                "raise data.numbers_max"
+                f"numbers corpus: cannot draw {sizes[name]} distinct numbers for split "
+                f"'{name}' from 0..{max_number} (at most {sum(caps)} left); lower "
+                "data.numbers_eval_size / numbers_test_size or raise data.numbers_max"
             )
-        left = [n - c for n, c in zip(left, counts[name], strict=True)]
+        left = [
+            rest if is_small else rest - c
+            for rest, c, is_small in zip(left, counts[name], small, strict=True)
+        ]
+    return counts
 
+
+def _repeat_evenly(numbers: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` draws from `numbers`: distinct ones if there are enough, else each number
+    count // len(numbers) times and a random distinct few once more."""
+    repeats, extra = divmod(count, len(numbers))
+    return np.concatenate([np.tile(numbers, repeats), rng.choice(numbers, extra, replace=False)])
+
+
+def split_numbers(sizes: dict[str, int], max_number: int, seed: int) -> dict[str, np.ndarray]:
+    """The numbers of each split (see module docstring): split name -> int64 array in random
+    order. 'train' holds sizes['train'] examples, repeating the numbers of small bands; the
+    other splits hold distinct numbers."""
+    bands = magnitude_bands(max_number)
+    band_sizes = [high - low + 1 for low, high in bands]
+    held_out = _held_out_counts(sizes, max_number)
     rng = np.random.default_rng(seed)
-    per_split = {name: [] for name in order}
+    per_split = {name: [] for name in sizes}
+    trainable = [  # numbers of each band left for training
+        n if n < MIN_BAND_SIZE_TO_HOLD_OUT else n - sum(c[band] for c in held_out.values())
+        for band, n in enumerate(band_sizes)
+    ]
+    train_size = sizes.get("train", 0)
+    train_share = _spread(train_size, [train_size if n else 0 for n in trainable])
     for band, (low, high) in enumerate(bands):
-        needed = sum(counts[name][band] for name in order)
-        drawn = low + rng.choice(high - low + 1, size=needed, replace=False)
+        band_numbers = low + rng.permutation(high - low + 1)
         start = 0
-        for name in order:
-            per_split[name].append(drawn[start : start + counts[name][band]])
-            start += counts[name][band]
+        for name, counts in held_out.items():
+            if band_sizes[band] < MIN_BAND_SIZE_TO_HOLD_OUT:  # the whole band, in random order
+                per_split[name].append(rng.permutation(band_numbers)[: counts[band]])
+            else:
+                per_split[name].append(band_numbers[start : start + counts[band]])
+                start += counts[band]
+        if "train" in sizes:
+            per_split["train"].append(_repeat_evenly(band_numbers[start:], train_share[band], rng))
     return {name: rng.permutation(np.concatenate(parts)) for name, parts in per_split.items()}
 
 
@@ -108,8 +154,11 @@ class NumbersTranslation(tfds.core.GeneratorBasedBuilder, skip_registration=True
     {source_lang: words, target_lang: words}; records keep generation order.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First version."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First version.",
+        "2.0.0": "Training samples every magnitude band equally, repeating small bands.",
+    }
     # No download checksums live next to this code. (TFDS's own lookup of that folder needs the
     # optional `importlib_resources` package for builders defined inside a package.)
     code_path = None
@@ -130,14 +179,14 @@ class NumbersTranslation(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
     def _generate_examples(self, numbers: np.ndarray):
         cfg = self.builder_config
-        for i, number in enumerate(numbers):
-            yield (
-                i,
-                {
+        examples = {}  # number -> example: training repeats small numbers many times
+        for i, number in enumerate(numbers.tolist()):
+            if number not in examples:
+                examples[number] = {
                     cfg.source_lang: number_words(number, cfg.source_lang),
                     cfg.target_lang: number_words(number, cfg.target_lang),
-                },
-            )
+                }
+            yield i, examples[number]
 
 
 class NumbersConfig(tfds.core.BuilderConfig):
@@ -157,6 +206,15 @@ class NumbersConfig(tfds.core.BuilderConfig):
         super().__init__(name=name, version=NumbersTranslation.VERSION)
         self.source_lang, self.target_lang = source_lang, target_lang
         self.sizes, self.max_number, self.seed = dict(sizes), max_number, seed
+
+
+def numbers_of_split(data_config, split: str) -> np.ndarray:
+    """The numbers of `split` ('train', 'validation' or 'test') in record order: example i of
+    the prepared split is `numbers_of_split(...)[i]` written out."""
+    cfg = numbers_config(data_config)
+    if split not in cfg.sizes:
+        raise DataError(f"numbers corpus: no split '{split}'; choose one of {list(cfg.sizes)}")
+    return split_numbers(cfg.sizes, cfg.max_number, cfg.seed)[split]
 
 
 def numbers_config(data_config) -> NumbersConfig:

@@ -31,7 +31,8 @@ from absl import logging
 from data import sources, token_ids
 from data.errors import DataError
 from data.shards import STATE_FORMAT, ShardedBatches, owned_shards
-from data.tokenizer import EOS_ID, Tokenizer
+from data.special_tokens import truncate_keeping_eos
+from data.tokenizer import Tokenizer
 
 TRAIN_KEYS = (
     "inputs",
@@ -224,11 +225,6 @@ def train_iterator(
     return TrainIterator(batches, prefetch=data.prefetch_batches, signature=signature)
 
 
-def truncate(ids: list[int], max_length: int) -> list[int]:
-    """`ids` cut to `max_length` tokens, the last one still EOS."""
-    return ids if len(ids) <= max_length else ids[: max_length - 1] + [EOS_ID]
-
-
 def eval_batches(
     config,
     tokenizer: Tokenizer,
@@ -258,7 +254,7 @@ def eval_batches(
         array = np.zeros((num_batches * batch_size, max_length), np.int32)
         for row, ids in enumerate(sequences):
             truncated += len(ids) > max_length
-            ids = truncate(ids, max_length)
+            ids = truncate_keeping_eos(ids, max_length)
             array[row, : len(ids)] = ids
         arrays[key] = array.reshape(num_batches, batch_size, max_length)
     if truncated:

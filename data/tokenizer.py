@@ -20,10 +20,8 @@ from absl import logging
 
 from data import sources
 from data.errors import DataError
+from data.special_tokens import EOS_ID, PAD_ID, UNK_ID, cut_at_eos
 
-PAD_ID = 0
-EOS_ID = 1
-UNK_ID = 2
 TOKENIZER_FILE = Path("tokenizer") / "spm.model"
 
 
@@ -68,10 +66,7 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids` up to the first EOS, padding skipped."""
-        ids = [int(i) for i in np.asarray(ids).reshape(-1)]
-        if EOS_ID in ids:
-            ids = ids[: ids.index(EOS_ID)]
-        return self._processor.decode([i for i in ids if i != PAD_ID])
+        return self._processor.decode(cut_at_eos(int(i) for i in np.asarray(ids).reshape(-1)))
 
 
 def training_sentences(data_config, sample_size: int) -> list[str]:

@@ -20,10 +20,11 @@ an alive hypothesis can reach is log P(alive) / lp(limit). The loop stops when e
 done. A sentence with no finished hypothesis at the end returns its alive ones.
 
 `search` is the algorithm over any step function and cache; `beam_search` runs it on the
-Transformer. The encoder keys/values are stored once per sentence (the model folds the beams of
-a sentence into its query axis), so after each step only the self-attention keys/values are
-reordered, by one row gather. scripts/decode_speed.py compares this with cheaper-looking
-alternatives; on CPU none was measurably faster (see its docstring).
+Transformer. Nothing in the decoder cache moves when hypotheses change parents: each beam slot
+writes its own keys/values, and the cache's `history` says which slot holds each position of
+each hypothesis (the decoder attends through a mask). So after a step only `history`
+[batch, beams, max_len] int32 is reordered. The 2·beam best extensions are found per
+hypothesis first (`top_k_by_chunks`, exact) and then merged: see docs/decoding_speed.md.
 """
 
 from __future__ import annotations
@@ -122,15 +123,19 @@ def search(
         # 1. Score every one-token extension of every alive hypothesis.
         log_probs, cache = step_fn(state.last_tokens.reshape(batch * beams), state.cache)
         vocab = log_probs.shape[-1]
-        log_probs = log_probs.reshape(batch, beams, vocab)
-        extension_log_probs = state.alive_log_probs[:, :, None] + log_probs  # [b, beams, vocab]
 
-        # 2. The 2·beams best extensions of each sentence, best first.
+        # 2. The 2·beams best extensions of each sentence, best first: the best of each
+        # hypothesis, then the best of those (exact: no more than 2·beams come from one).
+        per_row = min(2 * beams, vocab)
+        row_log_probs, row_tokens = top_k_by_chunks(log_probs, per_row)  # [b * beams, per_row]
+        extension_log_probs = state.alive_log_probs[:, :, None] + row_log_probs.reshape(
+            batch, beams, per_row
+        )
         top_log_probs, top_flat = jax.lax.top_k(
-            extension_log_probs.reshape(batch, beams * vocab), 2 * beams
+            extension_log_probs.reshape(batch, beams * per_row), 2 * beams
         )  # [batch, 2 * beams]
-        top_parents = top_flat // vocab  # which alive hypothesis each extends
-        top_tokens = (top_flat % vocab).astype(jnp.int32)
+        top_parents = top_flat // per_row  # which alive hypothesis each extends
+        top_tokens = jnp.take_along_axis(row_tokens.reshape(batch, beams * per_row), top_flat, 1)
         top_sequences = jax.lax.dynamic_update_slice_in_dim(
             _gather_beams(state.alive_sequences, top_parents), top_tokens[:, :, None], position, 2
         )  # [batch, 2 * beams, max_len]
@@ -185,18 +190,31 @@ def search(
     )
 
 
-def reorder_self_attention(cache: Cache, parents: Array) -> Cache:
-    """New hypothesis (b, k) continues old (b, parents[b, k]): gathers the self-attention keys
-    and values [batch * beams, max_len, heads, head_dim] by row. The encoder's keys/values are
-    per sentence and stay where they are."""
-    batch, beams = parents.shape
-    rows = (parents + beams * jnp.arange(batch)[:, None]).reshape(-1)  # [batch * beams]
-    gather = lambda x: jnp.take(x, rows, axis=0, mode="clip")  # in range: no fill, no select
-    layers = [
-        {**layer, "self_key": gather(layer["self_key"]), "self_value": gather(layer["self_value"])}
-        for layer in cache["layers"]
-    ]
-    return {**cache, "layers": layers}
+def top_k_by_chunks(x: Array, k: int, chunk: int = 64) -> tuple[Array, Array]:
+    """jax.lax.top_k(x, k) over the last axis, the same values and indices (ties to the lower
+    index), without a k-selection pass over all of x: XLA:CPU's TopK is slower than a max.
+
+    The k chunks of `chunk` columns with the largest maxima hold the k largest entries (each
+    of those has a chunk maximum at least as large), so top-k runs on those k * chunk only."""
+    n = x.shape[-1]
+    num_chunks = -(-n // chunk)
+    if num_chunks <= k:
+        return jax.lax.top_k(x, k)
+    pad = [(0, 0)] * (x.ndim - 1) + [(0, num_chunks * chunk - n)]
+    chunks = jnp.pad(x, pad, constant_values=-jnp.inf).reshape(*x.shape[:-1], num_chunks, chunk)
+    _, best_chunks = jax.lax.top_k(chunks.max(axis=-1), k)
+    best_chunks = jnp.sort(best_chunks, axis=-1)  # column order, so ties keep the lower index
+    candidates = jnp.take_along_axis(chunks, best_chunks[..., None], axis=-2)  # [..., k, chunk]
+    values, picks = jax.lax.top_k(candidates.reshape(*x.shape[:-1], k * chunk), k)
+    columns = jnp.take_along_axis(best_chunks, picks // chunk, axis=-1) * chunk + picks % chunk
+    return values, columns.astype(jnp.int32)
+
+
+def reorder_history(cache: Cache, parents: Array) -> Cache:
+    """New hypothesis (b, k) continues old (b, parents[b, k]): it takes over that one's
+    history (which slot holds each of its positions). Keys and values stay where they are."""
+    history = jnp.take_along_axis(cache["history"], parents[:, :, None], axis=1)
+    return {**cache, "history": history}
 
 
 def beam_search(
@@ -213,8 +231,8 @@ def beam_search(
     BeamSearchResult(sequences [batch, beams, max_decode_length], scores [batch, beams])."""
     cached_model.check_decode_length(model, max_decode_length)
     return search(
-        lambda tokens, cache: cached_model.step(model, params, inputs, cache, tokens),
-        reorder_self_attention,
+        lambda tokens, cache: cached_model.step_log_probs(model, params, inputs, cache, tokens),
+        reorder_history,
         cached_model.start(model, params, inputs, beam_size, max_decode_length),
         batch_size=inputs.shape[0],
         beam_size=beam_size,

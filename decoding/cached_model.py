@@ -1,5 +1,5 @@
 """The model calls every search makes: encode the source once, then run the decoder one
-cached step at a time. Also the special token ids the searches rely on."""
+cached step at a time. The special token ids the searches rely on: data/special_tokens.py."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from data.special_tokens import EOS_ID, PAD_ID
 from model import Cache, Transformer
 
-Array = jax.Array
+__all__ = ["EOS_ID", "PAD_ID", "check_decode_length", "next_token_log_probs", "start", "step"]
 
-PAD_ID = 0  # padding; also the begin token fed to the decoder at the first step
-EOS_ID = 1  # end of sentence: a search stops a hypothesis when it emits this
+Array = jax.Array
 
 
 def check_decode_length(model: Transformer, max_decode_length: int) -> None:
@@ -40,21 +40,38 @@ def step(
     model: Transformer, params, inputs: Array, cache: Cache, tokens: Array
 ) -> tuple[Array, Cache]:
     """One decoder step for every row: tokens [rows] (the previous outputs, PAD_ID at the
-    start) -> (log-probabilities [rows, vocab] float32, updated cache).
-
-    PAD_ID gets log-probability -inf: padding is never an output, so a zero in an output
-    sequence always means "after EOS" (or "after the length limit").
-    """
-    logits, cache = model.apply(
+    start) -> (logits [rows, vocab] float32, updated cache)."""
+    return model.apply(
         {"params": nn.unbox(params)},
         tokens[:, None],
         inputs,
         cache,
         method="decode_step",
     )
+
+
+def step_log_probs(
+    model: Transformer, params, inputs: Array, cache: Cache, tokens: Array
+) -> tuple[Array, Cache]:
+    """`step`, returning next_token_log_probs [rows, vocab] instead of the logits."""
+    logits, cache = step(model, params, inputs, cache, tokens)
     return next_token_log_probs(logits), cache
 
 
 def next_token_log_probs(logits: Array) -> Array:
-    """logits [rows, vocab] -> log-probabilities, with PAD_ID impossible (-inf)."""
-    return jax.nn.log_softmax(logits, axis=-1).at[:, PAD_ID].set(-jnp.inf)
+    """logits [rows, vocab] -> log-probabilities, with PAD_ID impossible (-inf).
+
+    PAD_ID gets -inf: padding is never an output, so a zero in an output sequence always
+    means "after EOS" (or "after the length limit"). An elementwise select rather than a
+    scatter, so that XLA fuses it into whatever reads the result."""
+    return _without_padding(jax.nn.log_softmax(logits, axis=-1))
+
+
+def most_probable_tokens(logits: Array) -> Array:
+    """logits [rows, vocab] -> the most probable non-padding token of each row [rows] int32
+    (the argmax of next_token_log_probs, without computing the softmax)."""
+    return jnp.argmax(_without_padding(logits), axis=-1).astype(jnp.int32)
+
+
+def _without_padding(scores: Array) -> Array:
+    return jnp.where(jnp.arange(scores.shape[-1]) == PAD_ID, -jnp.inf, scores)

@@ -50,8 +50,8 @@ def greedy_search(
 
     def emit_next_token(state):
         position, tokens, finished, last_tokens, cache = state
-        log_probs, cache = cached_model.step(model, params, inputs, cache, last_tokens)
-        next_tokens = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)  # [batch]
+        logits, cache = cached_model.step(model, params, inputs, cache, last_tokens)
+        next_tokens = cached_model.most_probable_tokens(logits)  # [batch]
         next_tokens = jnp.where(finished, PAD_ID, next_tokens)
         tokens = jax.lax.dynamic_update_slice_in_dim(tokens, next_tokens[:, None], position, 1)
         finished = finished | (next_tokens == EOS_ID) | (position + 1 >= max_lengths)

@@ -2,7 +2,8 @@
 
 `dot_product_attention` is the pure formula. `MultiHeadAttention` owns the projections
 W^Q, W^K, W^V (fused into one kernel for self-attention) and W^O, and exposes the pieces
-that cached decoding needs: projecting keys/values once, and attending with given ones.
+that cached decoding needs: projecting keys/values once, and attending with given ones
+(`attend_cached` over a per-sentence cache: `to_cache_layout`, `write_cache`).
 """
 
 from __future__ import annotations
@@ -64,6 +65,53 @@ def dot_product_attention(
         weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
     output = jnp.einsum("bnqk,bknh->bqnh", weights.astype(value.dtype), value)
     return output, weights
+
+
+# ------------------------------------------------------------------ cached decoding
+# One decoding step has a single new query position per hypothesis. The cache keeps keys and
+# values per *sentence*, in the layouts XLA:CPU's batched matrix products read directly
+# (no per-step transposes): keys [batch, heads, head_dim, kv_len], values [batch, heads,
+# kv_len, head_dim]. The hypotheses (beams) of a sentence are the rows of one product.
+
+
+def to_cache_layout(keys: Array, values: Array) -> tuple[Array, Array]:
+    """keys, values [batch, length, heads, head_dim] -> keys [batch, heads, head_dim, length],
+    values [batch, heads, length, head_dim]."""
+    return keys.transpose(0, 2, 3, 1), values.transpose(0, 2, 1, 3)
+
+
+def write_cache(
+    keys: Array,  # [batch, heads, head_dim, max_len * beams]
+    values: Array,  # [batch, heads, max_len * beams, head_dim]
+    new_keys: Array,  # [batch * beams, 1, heads, head_dim]: position `index` of every beam
+    new_values: Array,  # [batch * beams, 1, heads, head_dim]
+    index: Array,  # scalar int: the position being written
+) -> tuple[Array, Array]:
+    """Writes position `index` of every beam in place: column index * beams + beam."""
+    batch, heads, head_dim = keys.shape[:3]
+    new_keys = new_keys.reshape(batch, -1, heads, head_dim)  # [batch, beams, heads, head_dim]
+    new_values = new_values.reshape(batch, -1, heads, head_dim)
+    start = index * new_keys.shape[1]
+    keys = jax.lax.dynamic_update_slice_in_dim(keys, new_keys.transpose(0, 2, 3, 1), start, 3)
+    values = jax.lax.dynamic_update_slice_in_dim(values, new_values.transpose(0, 2, 1, 3), start, 2)
+    return keys, values
+
+
+def cached_attention(
+    query: Array,  # [batch, rows, heads, head_dim]: one position of each of `rows` hypotheses
+    keys: Array,  # [batch, heads, head_dim, kv_len]
+    values: Array,  # [batch, heads, kv_len, head_dim]
+    mask: Array,  # bool [batch, rows or 1, kv_len]; True = attend
+) -> Array:
+    """softmax(q Kᵀ / √d_k) V for one query position -> [batch, rows, heads, head_dim]."""
+    query = query * jnp.asarray(query.shape[-1] ** -0.5, query.dtype)
+    logits = jnp.einsum(
+        "bqhd,bhdk->bhqk", query, keys, preferred_element_type=jnp.float32
+    )  # [batch, heads, rows, kv_len]
+    logits = jnp.where(mask[:, None], logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
+    out = jnp.einsum("bhqk,bhkd->bhqd", weights, values)  # XLA:CPU: bqhd here is slower
+    return out.transpose(0, 2, 1, 3)
 
 
 class MultiHeadAttention(nn.Module):
@@ -139,16 +187,8 @@ class MultiHeadAttention(nn.Module):
     def attend(
         self, q: Array, k: Array, v: Array, mask: Array | None, deterministic: bool
     ) -> Array:
-        """Attention with given projections, then W^O. Returns [batch, q_len, embed].
-
-        The keys may have fewer batch rows than the queries: during beam search the encoder's
-        keys are stored once per sentence, and the beams of one sentence are folded into the
-        query-length axis (every query attends independently, so this is exact).
-        """
+        """Attention with given projections, then W^O. Returns [batch, q_len, embed]."""
         batch, q_len = q.shape[:2]
-        kv_batch = k.shape[0]
-        if kv_batch != batch:  # [batch * beams, q_len, ...] -> [batch, beams * q_len, ...]
-            q = q.reshape(kv_batch, (batch // kv_batch) * q_len, *q.shape[2:])
         rate = self.config.attention_dropout_rate
         dropout_rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
         want_weights = self.is_mutable_collection("intermediates")
@@ -170,6 +210,15 @@ class MultiHeadAttention(nn.Module):
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         y = project(out, self._cast(self.out_kernel), num_contracting=2)  # [batch, q_len, embed]
         return nn.with_logical_constraint(y, ("batch", "length", "embed"))
+
+    def attend_cached(self, q: Array, keys: Array, values: Array, mask: Array) -> Array:
+        """One decoding step: q [batch * rows, 1, heads, head_dim] against a per-sentence
+        cache (`cached_attention`), then W^O. Returns [batch * rows, 1, embed]."""
+        batch = keys.shape[0]
+        q = q.reshape(batch, -1, *q.shape[2:])  # [batch, rows, heads, head_dim]
+        out = cached_attention(q, keys, values, mask)
+        out = out.reshape(-1, 1, *out.shape[2:])  # [batch * rows, 1, heads, head_dim]
+        return project(out, self._cast(self.out_kernel), num_contracting=2)
 
     def __call__(
         self,

@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
-from model.attention import MultiHeadAttention
+from model.attention import MultiHeadAttention, to_cache_layout, write_cache
 from model.config import TransformerConfig
 from model.dropout import Dropout
 from model.masks import AttentionSegments
@@ -133,31 +132,33 @@ class DecoderLayer(nn.Module):
         )
 
     def cross_key_value(self, encoded: Array) -> tuple[Array, Array]:
-        """The encoder-decoder attention's keys and values, computed once per sentence."""
-        return self.cross_attention.project_key_value(encoded)
+        """The encoder-decoder attention's keys and values, computed once per sentence, in the
+        cache layout (model/attention.py): [batch, heads, head_dim, source_length] and
+        [batch, heads, source_length, head_dim]."""
+        return to_cache_layout(*self.cross_attention.project_key_value(encoded))
 
     def step(
         self,
-        x: Array,  # [batch, 1, embed]: the newest position only
-        cache: dict[str, Array],  # self_key/self_value [batch, max_len, heads, head_dim],
-        #                           cross_key/cross_value [batch', source_len, heads, head_dim]
+        x: Array,  # [batch * beams, 1, embed]: the newest position of every hypothesis
+        cache: dict[str, Array],  # self_key/self_value [batch, heads, ..., max_len * beams],
+        #                           cross_key/cross_value [batch, heads, ..., source_length]
         index: Array,  # scalar int: the position being decoded
-        cross_mask: Array,  # [batch', 1, 1, source_length]
+        self_mask: Array,  # [batch, beams, max_len * beams]: the cache columns each row sees
+        cross_mask: Array,  # [batch, 1, source_length]
     ) -> tuple[Array, dict[str, Array]]:
-        """One decoding step (no dropout). Returns (output [batch, 1, embed], updated cache)."""
+        """One decoding step (no dropout). Returns (output [batch * beams, 1, embed], updated
+        cache)."""
 
         def self_attend(y: Array) -> Array:
             q, k, v = self.self_attention.project_qkv(y)
-            keys = jax.lax.dynamic_update_slice_in_dim(cache["self_key"], k, index, axis=1)
-            values = jax.lax.dynamic_update_slice_in_dim(cache["self_value"], v, index, axis=1)
+            keys, values = write_cache(cache["self_key"], cache["self_value"], k, v, index)
             new_entries["self_key"], new_entries["self_value"] = keys, values
-            visible = jnp.arange(keys.shape[1]) <= index  # causal: positions written so far
-            return self.self_attention.attend(q, keys, values, visible[None, None, None, :], True)
+            return self.self_attention.attend_cached(q, keys, values, self_mask)
 
         def cross_attend(y: Array) -> Array:
             q = self.cross_attention.project_query(y)
-            return self.cross_attention.attend(
-                q, cache["cross_key"], cache["cross_value"], cross_mask, True
+            return self.cross_attention.attend_cached(
+                q, cache["cross_key"], cache["cross_value"], cross_mask
             )
 
         new_entries: dict[str, Array] = {}

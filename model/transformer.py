@@ -18,9 +18,12 @@ from model.embedding import PositionalEncoding, TokenEmbedding
 from model.layers import DecoderLayer, EncoderLayer, layer_norm
 
 Array = jax.Array
-# The decoding cache: {'index': scalar int32, 'layers': [per decoder layer: {'self_key',
-# 'self_value': [batch, max_len, heads, head_dim], 'cross_key', 'cross_value':
-# [batch, source_len, heads, head_dim]}]}. A plain pytree, so beam search can reorder it.
+# The decoding cache, per sentence (a plain pytree): {'index': scalar int32, the position the
+# next step writes; 'history' [batch, beams, max_len] int32: history[b, k, l] is the beam slot
+# whose keys/values at position l belong to hypothesis k (beam search reorders only this);
+# 'layers': [per decoder layer: {'self_key' [batch, heads, head_dim, max_len * beams],
+# 'self_value' [batch, heads, max_len * beams, head_dim] (column l * beams + slot), 'cross_key'
+# [batch, heads, head_dim, source_len], 'cross_value' [batch, heads, source_len, head_dim]}]}.
 Cache = dict
 
 
@@ -118,35 +121,54 @@ class Decoder(nn.Module):
         return self.logits(x)
 
     def init_cache(self, encoded: Array, max_decode_length: int, batch_size: int) -> Cache:
-        """An empty self-attention cache for `batch_size` rows (e.g. sentences × beams) and the
-        cross-attention keys/values of `encoded`, computed once, for encoded.shape[0] rows."""
+        """An empty cache for `batch_size` decoder rows: encoded.shape[0] sentences, each with
+        batch_size / encoded.shape[0] hypotheses (beams) in consecutive rows. The
+        cross-attention keys/values of `encoded` are computed here, once per sentence."""
         cfg = self.config
-        shape = (batch_size, max_decode_length, cfg.num_heads, cfg.head_dim)
-        zeros = jnp.zeros(shape, cfg.compute_dtype)
+        sentences = encoded.shape[0]
+        if batch_size % sentences:
+            raise ValueError(f"{batch_size} rows do not split evenly over {sentences} sentences.")
+        beams, columns = batch_size // sentences, max_decode_length * (batch_size // sentences)
+        self_key = jnp.zeros((sentences, cfg.num_heads, cfg.head_dim, columns), cfg.compute_dtype)
+        self_value = jnp.zeros((sentences, cfg.num_heads, columns, cfg.head_dim), cfg.compute_dtype)
         layers = []
         for layer in self.layers:
             cross_key, cross_value = layer.cross_key_value(encoded)
             layers.append(
                 {
-                    "self_key": zeros,
-                    "self_value": zeros,
+                    "self_key": self_key,
+                    "self_value": self_value,
                     "cross_key": cross_key,
                     "cross_value": cross_value,
                 }
             )
-        return {"index": jnp.zeros((), jnp.int32), "layers": layers}
+        history = jnp.broadcast_to(
+            jnp.arange(beams, dtype=jnp.int32)[:, None], (sentences, beams, max_decode_length)
+        )
+        return {"index": jnp.zeros((), jnp.int32), "history": history, "layers": layers}
 
     def step(self, token: Array, source_tokens: Array, cache: Cache) -> tuple[Array, Cache]:
-        """token [batch, 1]: the previous output (0 at the start) -> logits [batch, vocab]."""
-        index = cache["index"]
-        cross_mask = (source_tokens > 0)[:, None, None, :]  # [batch', 1, 1, source_length]
+        """token [batch * beams, 1]: the previous outputs (0 at the start) -> logits
+        [batch * beams, vocab] and the cache with position `index` written."""
+        index, history = cache["index"], cache["history"]
+        sentences, beams, max_len = history.shape
+        slots = jnp.arange(beams, dtype=jnp.int32)
+        # Every hypothesis writes position `index` into its own slot.
+        history = jax.lax.dynamic_update_slice_in_dim(
+            history, jnp.broadcast_to(slots[:, None], (sentences, beams, 1)), index, axis=2
+        )
+        # Hypothesis k sees column l * beams + s iff slot s holds its position l (l <= index).
+        self_mask = (history[..., None] == slots) & (jnp.arange(max_len) <= index)[:, None]
+        self_mask = self_mask.reshape(sentences, beams, max_len * beams)
+        cross_mask = (source_tokens > 0)[:, None, :]  # [batch, 1, source_length]
         positions = jnp.full(token.shape, index, dtype=jnp.int32)
         x = self.positions(self.embedding(token), positions)
         new_layers = []
         for layer, layer_cache in zip(self.layers, cache["layers"], strict=True):
-            x, layer_cache = layer.step(x, layer_cache, index, cross_mask)
+            x, layer_cache = layer.step(x, layer_cache, index, self_mask, cross_mask)
             new_layers.append(layer_cache)
-        return self.logits(x)[:, 0, :], {"index": index + 1, "layers": new_layers}
+        new_cache = {"index": index + 1, "history": history, "layers": new_layers}
+        return self.logits(x)[:, 0, :], new_cache
 
 
 class Transformer(nn.Module):

@@ -1,78 +1,92 @@
-"""Decoding speed: cached vs uncached greedy search, and ways for beam search to keep each
-hypothesis's decoder history.
+"""Decoding speed against CTranslate2, both timed side by side in one process on the same weights;
+prints JSON (docs/decoding_speed.md).
 
-    python scripts/decode_speed.py --config=configs/default.py [--batch_size=64]
-    python scripts/decode_speed.py --config=configs/base.py --batch_size=4 --repeats=3
+    python scripts/decode_speed.py [--config=configs/multi30k.py] [--beam_sizes=4,1]
+    python scripts/decode_speed.py --workdir=/work/runs/multi30k [--split=test_2016_flickr]
 
-A randomly initialised model of the config's size decodes random source sentences, with EOS
-made impossible so that every search runs exactly --output_length steps. Every variant is
-compiled and run once to warm up; then they are timed round-robin --repeats times (so that load
-from other processes falls on all alike) and the median is printed with the range. Output
-tokens/s counts batch × output_length tokens (the best hypothesis only, for beam search).
+Without --workdir: a randomly initialised model of the config's size (post-LN, d_model 256, 3+3
+layers, d_ff 1024, vocabulary 8000 for configs/multi30k.py) decodes --batch_size random source
+sentences of --source_length tokens (EOS included), with EOS made impossible so that every
+search runs exactly --output_length steps: ours through `decoding.translate_tokens` (EOS logit
+set to -inf), CTranslate2 with min_decoding_length = max_decoding_length = --output_length.
+Both see the same weights: CTranslate2 loads them through our exporter (exporting/converter.py),
+float32, --threads intra-op threads. The greedy outputs of the two are compared token by token
+(`greedy_same_tokens`), a check that the two compute the same model.
 
-Greedy: the KV cache (`greedy_search`) against re-running the whole teacher-forced decoder at
-every step (`uncached_greedy_search`); the issue asks for >= 5x at output length 64.
+With --workdir: the real path. Ours is `decoding.translate_texts` (what translate.py calls, with
+the checkpoint's config.decode unless --beam_sizes/--alpha say otherwise) on every line of a
+Multi30k split; CTranslate2 translates the same lines, tokenized with the same sentencepiece
+model, from its export of the checkpoint, in batches of the same size and with the longest
+allowed output (longest input + max_extra_length); both include tokenization and
+detokenization. sacreBLEU of both outputs is printed too. CTranslate2's length penalty is
+score / length^alpha, ours GNMT's ((5 + length) / 6)^alpha, so outputs may differ slightly.
 
-Beam search: after a step, new hypothesis k continues some old hypothesis; its decoder cache
-history must follow. Variants:
-  self_take        (the library's, `reorder_self_attention`) one jnp.take of the self-attention
-                   rows; the encoder keys/values are stored once per sentence, never moved
-  self_along_axis  the same gather as take_along_axis on a [batch, beams, ...] view
-  self_one_hot     the same as a one-hot [beams x beams] matrix product
-  self_if_moved    the gather, skipped (lax.cond) at steps where no hypothesis changed parent
-  full_gather      encoder keys/values copied per beam and every cache array gathered at every
-                   step (the Flax WMT example's way)
-  ancestry_mask    nothing moves: each hypothesis records which row holds each position of its
-                   history and attends to all rows of its sentence through a mask (its decoder
-                   step is re-implemented below from the model's sub-modules)
-  no_reorder       no reordering at all: wrong outputs, the lower bound on time
+Every function is compiled and run once first; then all are timed round-robin --repeats times,
+so that load from other processes falls on all alike. Medians (and ranges) are printed; the
+figure that counts is the ratio ours / CTranslate2 (`ours_over_ctranslate2`, < 1 = we are
+faster); `ours_over_ctranslate2_cpu` is the same for CPU seconds of the process, a check when
+other processes load the machine (threads that spin-wait count there too). The 1-minute load
+average before and after goes into the JSON.
 """
 
+import dataclasses
+import gzip
+import json
+import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import ctranslate2
 import jax
 import jax.numpy as jnp
 import numpy as np
+import sacrebleu
 from absl import app, flags
 from flax import linen as nn
 from ml_collections import config_flags
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from anywhere
 
-from decoding import cached_model  # noqa: E402
-from decoding.beam_search import reorder_self_attention, search  # noqa: E402
-from decoding.cached_model import EOS_ID  # noqa: E402
-from decoding.greedy import greedy_search  # noqa: E402
-from decoding.reference import uncached_greedy_search  # noqa: E402
+from decoding import EOS_ID, translate_texts, translate_tokens  # noqa: E402
+from decoding.settings import DecodeSettings  # noqa: E402
+from decoding.settings import max_input_length as longest_input  # noqa: E402
+from decoding.translator import encode_texts  # noqa: E402
+from exporting.converter import FlaxTransformerConverter  # noqa: E402
+from exporting.export import vocabulary  # noqa: E402
 from model import Transformer, TransformerConfig  # noqa: E402
-
-BEAM_VARIANTS = [
-    "self_take",
-    "self_along_axis",
-    "self_one_hot",
-    "self_if_moved",
-    "full_gather",
-    "ancestry_mask",
-    "no_reorder",
-]
+from training import configuration, restoring  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/default.py", "Config whose model size is timed (config.model)."
+    "config", str(ROOT / "configs/multi30k.py"), "Config whose model size is timed (no --workdir)."
 )
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Sentences decoded at once.")
-_SOURCE_LENGTH = flags.DEFINE_integer("source_length", 32, "Tokens per source sentence.")
-_OUTPUT_LENGTH = flags.DEFINE_integer("output_length", 64, "Output tokens per sentence.")
-_BEAM_SIZE = flags.DEFINE_integer("beam_size", 4, "Beam size of the beam search variants.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per variant (the median is printed).")
-_VARIANTS = flags.DEFINE_list(
-    "variants",
-    ["greedy_cached", "greedy_uncached", *BEAM_VARIANTS],
-    "Variants to time (see the module docstring).",
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "A training run: time the real path on its newest checkpoint instead."
 )
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", str(ROOT.parent / "shared/data/multi30k"), "Multi30k files (with --workdir)."
+)
+_SPLIT = flags.DEFINE_string("split", "test_2016_flickr", "Multi30k split (with --workdir).")
+_LANGUAGES = flags.DEFINE_list("languages", ["en", "de"], "Source and target language.")
+_NUM_SENTENCES = flags.DEFINE_integer(
+    "num_sentences", None, "Only the first N lines of the split (with --workdir; default all)."
+)
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", None, "Sentences decoded at once (default 32; with --workdir config.decode)."
+)
+_SOURCE_LENGTH = flags.DEFINE_integer("source_length", 20, "Source tokens, EOS included.")
+_OUTPUT_LENGTH = flags.DEFINE_integer("output_length", 39, "Output tokens per sentence.")
+_BEAM_SIZES = flags.DEFINE_list(
+    "beam_sizes", None, "Beam sizes timed; 1 = greedy (default 4,1; with --workdir config.decode)."
+)
+_ALPHA = flags.DEFINE_float("alpha", None, "Length penalty (default 0.6 or config.decode).")
+_THREADS = flags.DEFINE_integer("threads", 2, "CTranslate2 intra-op threads.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs of each function (median printed).")
+_OUTPUT = flags.DEFINE_string("output", None, "Also write the JSON to this file.")
 
 
 class NeverEnds(Transformer):
@@ -82,266 +96,215 @@ class NeverEnds(Transformer):
         logits, cache = super().decode_step(token, inputs, cache)
         return logits.at[:, EOS_ID].set(-jnp.inf), cache
 
-    def decode(self, *args, **kwargs):
-        return super().decode(*args, **kwargs).at[..., EOS_ID].set(-jnp.inf)
 
-
-# ------------------------------------------------------------------ gathering cache rows
-
-
-def rows_of(parents: jax.Array) -> jax.Array:
-    """parents [batch, beams] -> flat cache rows [batch * beams]."""
-    batch, beams = parents.shape
-    return (parents + beams * jnp.arange(batch)[:, None]).reshape(-1)
-
-
-def reorder_self_with(gather: Callable[[jax.Array, jax.Array], jax.Array]):
-    """A reorder_fn applying `gather(x, parents)` to the self-attention keys and values."""
-
-    def reorder(cache, parents):
-        layers = [
-            {
-                **layer,
-                "self_key": gather(layer["self_key"], parents),
-                "self_value": gather(layer["self_value"], parents),
-            }
-            for layer in cache["layers"]
-        ]
-        return {**cache, "layers": layers}
-
-    return reorder
-
-
-def along_axis(x, parents):
-    batch, beams = parents.shape
-    view = x.reshape(batch, beams, *x.shape[1:])
-    index = parents.reshape(batch, beams, *([1] * (x.ndim - 1)))
-    return jnp.take_along_axis(view, index, axis=1).reshape(x.shape)
-
-
-def one_hot(x, parents):
-    batch, beams = parents.shape
-    view = x.reshape(batch, beams, -1)
-    select = jax.nn.one_hot(parents, beams, dtype=x.dtype)  # [batch, new beam, old beam]
-    return jnp.einsum("bko,bod->bkd", select, view).reshape(x.shape)
-
-
-def reorder_if_moved(cache, parents):
-    unchanged = jnp.all(parents == jnp.arange(parents.shape[1]))
-    return jax.lax.cond(unchanged, lambda c: c, lambda c: reorder_self_attention(c, parents), cache)
-
-
-def reorder_everything(cache, parents):
-    """Every array with batch * beams rows, the per-beam encoder keys/values included."""
-    rows = rows_of(parents)
-    layers = [
-        {name: jnp.take(x, rows, axis=0, mode="clip") for name, x in layer.items()}
-        for layer in cache["layers"]
-    ]
-    return {**cache, "layers": layers}
-
-
-REORDER = {
-    "self_take": reorder_self_attention,
-    "self_along_axis": reorder_self_with(along_axis),
-    "self_one_hot": reorder_self_with(one_hot),
-    "self_if_moved": reorder_if_moved,
-    "full_gather": reorder_everything,
-    "no_reorder": lambda cache, parents: cache,
-}
-
-
-def gather_beam_search(model, name: str, beam_size: int, length: int):
-    """A jitted beam search (params, inputs) -> best sequences, using reorder variant `name`."""
-
-    def run(params, inputs):
-        per_beam_source = name == "full_gather"
-        source = jnp.repeat(inputs, beam_size, axis=0) if per_beam_source else inputs
-        rows_per_source = 1 if per_beam_source else beam_size
-        cache = cached_model.start(model, params, source, rows_per_source, length)
-        result = search(
-            lambda tokens, cache: cached_model.step(model, params, source, cache, tokens),
-            REORDER[name],
-            cache,
-            batch_size=inputs.shape[0],
-            beam_size=beam_size,
-            alpha=0.6,
-            max_decode_length=length,
-        )
-        return result.sequences[:, 0]
-
-    return jax.jit(run)
-
-
-# ------------------------------------------------------------------ never moving the cache
-# Row (slot) k of a sentence is written only by the hypothesis in slot k at that step.
-# `ancestors` [batch, beams, max_len] says which slot holds each position of each hypothesis's
-# history; the beams of a sentence attend to all its slots ([batch, beams * max_len] keys)
-# through a mask that keeps exactly their own history.
-
-
-def ancestry_decoder_step(module: Transformer, token, inputs, cache, self_mask):
-    """Transformer.decode_step with self-attention over every slot of the sentence.
-    self_mask [batch, 1, beams, beams * max_len]."""
-    decoder, index = module.decoder, cache["index"]
-    batch = inputs.shape[0]
-    per_sentence = lambda a: a.reshape(batch, -1, *a.shape[2:])  # [batch, beams * max_len, ...]
-    cross_mask = (inputs > 0)[:, None, None, :]
-    x = decoder.positions(decoder.embedding(token), jnp.full(token.shape, index, jnp.int32))
-    new_layers = []
-    for layer, layer_cache in zip(decoder.layers, cache["layers"], strict=True):
-        written = {}
-
-        def self_attend(y, layer=layer, layer_cache=layer_cache, written=written):
-            q, k, v = layer.self_attention.project_qkv(y)
-            for name, new in (("self_key", k), ("self_value", v)):
-                written[name] = jax.lax.dynamic_update_slice_in_dim(
-                    layer_cache[name], new, index, axis=1
-                )
-            keys, values = per_sentence(written["self_key"]), per_sentence(written["self_value"])
-            return layer.self_attention.attend(q, keys, values, self_mask, True)
-
-        def cross_attend(y, layer=layer, layer_cache=layer_cache):
-            q = layer.cross_attention.project_query(y)
-            return layer.cross_attention.attend(
-                q, layer_cache["cross_key"], layer_cache["cross_value"], cross_mask, True
-            )
-
-        def feed_forward(y, layer=layer):
-            return layer.feed_forward(y, True)
-
-        x = layer.self_attention_residual(x, self_attend, True)
-        x = layer.cross_attention_residual(x, cross_attend, True)
-        x = layer.feed_forward_residual(x, feed_forward, True)
-        new_layers.append({**layer_cache, **written})
-    return decoder.logits(x)[:, 0, :], {"index": index + 1, "layers": new_layers}
-
-
-def ancestry_beam_search(model, beam_size: int, length: int):
-    def run(params, inputs):
-        batch, beams = inputs.shape[0], beam_size
-        slots = jnp.arange(beams)
-
-        def step(tokens, state):
-            index = state["model"]["index"]
-            ancestors = state["ancestors"].at[:, :, index].set(slots)  # written into own slot
-            in_history = ancestors[:, :, None, :] == slots[None, None, :, None]  # [b, k, s, t]
-            visible = in_history & (jnp.arange(length) <= index)
-            logits, model_cache = model.apply(
-                {"params": params},
-                tokens[:, None],
-                inputs,
-                state["model"],
-                visible.reshape(batch, 1, beams, beams * length),
-                method=ancestry_decoder_step,
-            )
-            state = {"model": model_cache, "ancestors": ancestors}
-            return cached_model.next_token_log_probs(logits), state
-
-        def follow_parents(state, parents):
-            ancestors = jnp.take_along_axis(state["ancestors"], parents[:, :, None], axis=1)
-            return {**state, "ancestors": ancestors}
-
-        state = {
-            "model": cached_model.start(model, params, inputs, beams, length),
-            "ancestors": jnp.zeros((batch, beams, length), jnp.int32),
-        }
-        result = search(
-            step,
-            follow_parents,
-            state,
-            batch_size=batch,
-            beam_size=beams,
-            alpha=0.6,
-            max_decode_length=length,
-        )
-        return result.sequences[:, 0]
-
-    return jax.jit(run)
-
-
-# ------------------------------------------------------------------ timing
-
-
-def time_interleaved(fns: dict, args, repeats: int) -> tuple[dict, dict]:
-    """Compiles and warms up every function, then times them round-robin `repeats` times.
-    Returns ({name: compile+first run seconds}, {name: [run seconds]})."""
-    first, runs = {}, {name: [] for name in fns}
+def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict]:
+    """Runs every function once (compiling), then all round-robin `repeats` times.
+    -> {name: {first_s, median_s, min_s, max_s, cpu_median_s}}: wall-clock seconds, and the CPU
+    seconds of this process (all threads) per call, which other processes' load inflates less."""
+    first, runs, cpu = {}, {name: [] for name in fns}, {name: [] for name in fns}
     for name, fn in fns.items():
         start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
+        fn()
         first[name] = time.perf_counter() - start
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
+            start, cpu_start = time.perf_counter(), time.process_time()
+            fn()
             runs[name].append(time.perf_counter() - start)
-    return first, runs
+            cpu[name].append(time.process_time() - cpu_start)
+    return {
+        name: {
+            "first_s": round(first[name], 4),
+            "median_s": round(statistics.median(runs[name]), 4),
+            "min_s": round(min(runs[name]), 4),
+            "max_s": round(max(runs[name]), 4),
+            "cpu_median_s": round(statistics.median(cpu[name]), 4),
+        }
+        for name in fns
+    }
+
+
+def ctranslate2_translator(
+    config: TransformerConfig, params, pieces: list[str], directory: str
+) -> ctranslate2.Translator:
+    """Our parameters exported to CTranslate2 (float32) and loaded on the CPU."""
+    FlaxTransformerConverter(config, params, pieces).convert(directory, force=True)
+    return ctranslate2.Translator(
+        directory,
+        device="cpu",
+        compute_type="float32",
+        inter_threads=1,
+        intra_threads=_THREADS.value,
+    )
+
+
+def comparisons(timings: dict[str, dict], names: list[str]) -> dict[str, dict]:
+    """{name: {ours, ctranslate2, ours_over_ctranslate2}} from timings 'ours_NAME' and
+    'ctranslate2_NAME'."""
+    result = {}
+    for name in names:
+        ours, theirs = timings[f"ours_{name}"], timings[f"ctranslate2_{name}"]
+        result[name] = {
+            "ours": ours,
+            "ctranslate2": theirs,
+            "ours_over_ctranslate2": round(ours["median_s"] / theirs["median_s"], 3),
+            "ours_over_ctranslate2_cpu": round(ours["cpu_median_s"] / theirs["cpu_median_s"], 3),
+        }
+    return result
+
+
+def synthetic() -> dict:
+    """Random weights at the config's size, the issue's shapes."""
+    batch = _BATCH_SIZE.value or 32
+    source_length, length = _SOURCE_LENGTH.value, _OUTPUT_LENGTH.value
+    beam_sizes = [int(b) for b in (_BEAM_SIZES.value or ["4", "1"])]
+    alpha = 0.6 if _ALPHA.value is None else _ALPHA.value
+    model_config = configuration.model_config(_CONFIG.value)
+    if max(length, source_length) > model_config.max_length:
+        raise app.UsageError(
+            f"Lengths must be <= the model's max_length {model_config.max_length}."
+        )
+    model = NeverEnds(model_config)
+    rng = np.random.default_rng(0)
+    inputs = rng.integers(3, model_config.vocab_size, (batch, source_length)).astype(np.int32)
+    inputs[:, -1] = EOS_ID
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), inputs[:1], inputs[:1])["params"])
+    pieces = ["<pad>", "</s>", "<unk>"] + [f"t{i}" for i in range(3, model_config.vocab_size)]
+    source_pieces = [[pieces[i] for i in row[:-1]] for row in inputs]  # CTranslate2 adds EOS
+
+    with tempfile.TemporaryDirectory() as directory:
+        translator = ctranslate2_translator(model_config, params, pieces, directory)
+        fns = {}
+        for beam in beam_sizes:
+            name = "greedy" if beam == 1 else f"beam{beam}"
+            fns[f"ours_{name}"] = lambda beam=beam: np.asarray(
+                translate_tokens(
+                    model, params, inputs, beam_size=beam, alpha=alpha, max_decode_length=length
+                )
+            )
+            fns[f"ctranslate2_{name}"] = lambda beam=beam: translator.translate_batch(
+                source_pieces,
+                beam_size=beam,
+                length_penalty=alpha,
+                max_decoding_length=length,
+                min_decoding_length=length,
+            )
+        outputs = {name: fn() for name, fn in fns.items()}
+        timings = time_interleaved(fns, _REPEATS.value)
+
+    checks = {}
+    for name in [n.removeprefix("ours_") for n in fns if n.startswith("ours_")]:
+        theirs = [result.hypotheses[0] for result in outputs[f"ctranslate2_{name}"]]
+        checks[f"{name}_output_tokens"] = {
+            "ours": int(np.count_nonzero(outputs[f"ours_{name}"])),
+            "ctranslate2": sum(len(tokens) for tokens in theirs),
+        }
+        if name == "greedy":
+            ids = np.asarray([[pieces.index(p) for p in tokens] for tokens in theirs])
+            checks["greedy_same_tokens"] = float(np.mean(ids == outputs["ours_greedy"]))
+    names = [n.removeprefix("ours_") for n in fns if n.startswith("ours_")]
+    return {
+        "setup": {
+            "weights": f"random, {model_config}",
+            "batch_size": batch,
+            "source_length": source_length,
+            "output_length": length,
+            "alpha": alpha,
+        },
+        "results": comparisons(timings, names),
+        "checks": checks,
+    }
+
+
+def read_lines(split: str, language: str) -> list[str]:
+    with gzip.open(Path(_DATA_DIR.value) / f"{split}.{language}.gz", "rt", encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f]
+
+
+def real_path() -> dict:
+    """The newest checkpoint of --workdir on a Multi30k split: translate_texts vs CTranslate2."""
+    restored = restoring.restore_for_translation(_WORKDIR.value)
+    configured = DecodeSettings.from_config(
+        restored.config.decode, alpha=_ALPHA.value, batch_size=_BATCH_SIZE.value
+    )
+    beam_sizes = [int(b) for b in (_BEAM_SIZES.value or [str(configured.beam_size)])]
+    alpha, batch = configured.alpha, configured.batch_size
+    max_extra_length = configured.max_extra_length
+    max_input_length = longest_input(restored.config)
+    source_language, target_language = _LANGUAGES.value
+    sources = read_lines(_SPLIT.value, source_language)[: _NUM_SENTENCES.value]
+    references = read_lines(_SPLIT.value, target_language)[: _NUM_SENTENCES.value]
+    pieces = vocabulary(restored)
+    piece_ids = {piece: i for i, piece in enumerate(pieces)}
+    tokenizer = restored.tokenizer
+
+    def ctranslate2_texts(translator, beam: int) -> list[str]:
+        ids, _ = encode_texts(tokenizer, sources, max_input_length)  # as translate_texts
+        results = translator.translate_batch(
+            [[pieces[i] for i in row[:-1]] for row in ids],  # CTranslate2 adds EOS
+            max_batch_size=batch,
+            beam_size=beam,
+            length_penalty=alpha,
+            max_decoding_length=max(map(len, ids)) + 1 + max_extra_length,
+        )
+        return [tokenizer.decode([piece_ids[p] for p in r.hypotheses[0]]) for r in results]
+
+    with tempfile.TemporaryDirectory() as directory:
+        translator = ctranslate2_translator(
+            restored.model.config, restored.params, pieces, directory
+        )
+        fns = {}
+        for beam in beam_sizes:
+            name = "greedy" if beam == 1 else f"beam{beam}"
+            decode = dataclasses.replace(
+                configured, strategy="greedy" if beam == 1 else "beam", beam_size=beam
+            )
+            fns[f"ours_{name}"] = lambda decode=decode: translate_texts(
+                restored.model, restored.params, tokenizer, sources, decode, max_input_length
+            )
+            fns[f"ctranslate2_{name}"] = lambda beam=beam: ctranslate2_texts(translator, beam)
+        outputs = {name: fn() for name, fn in fns.items()}
+        timings = time_interleaved(fns, _REPEATS.value)
+
+    names = [n.removeprefix("ours_") for n in fns if n.startswith("ours_")]
+    results = comparisons(timings, names)
+    for name in names:
+        for side in ("ours", "ctranslate2"):
+            results[name][side]["sentences_per_s"] = round(
+                len(sources) / results[name][side]["median_s"], 1
+            )
+            results[name][side]["bleu"] = round(
+                sacrebleu.corpus_bleu(outputs[f"{side}_{name}"], [references]).score, 2
+            )
+    return {
+        "setup": {
+            "checkpoint": f"{restored.checkpoints_dir} step {restored.steps[-1]}",
+            "split": _SPLIT.value,
+            "sentences": len(sources),
+            "batch_size": batch,
+            "alpha": alpha,
+            "max_extra_length": max_extra_length,
+        },
+        "results": results,
+    }
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    config = _CONFIG.value
-    batch, source_length, length = _BATCH_SIZE.value, _SOURCE_LENGTH.value, _OUTPUT_LENGTH.value
-    beam_size = _BEAM_SIZE.value
-    model_config = TransformerConfig.from_mapping({**config.model.to_dict(), "dropout_rate": 0.0})
-    if max(length, source_length) > model_config.max_length:
-        raise app.UsageError(
-            f"--output_length and --source_length must be <= the model's max_length "
-            f"({model_config.max_length})."
-        )
-    model = NeverEnds(model_config)
-    rng = np.random.default_rng(0)
-    inputs = rng.integers(2, model_config.vocab_size, (batch, source_length)).astype(np.int32)
-    inputs[:, -1] = EOS_ID
-    inputs = jnp.asarray(inputs)
-    params = nn.unbox(
-        jax.jit(model.init)(jax.random.key(0), inputs[:1], inputs[:1, :length])["params"]
-    )
-    num_params = sum(x.size for x in jax.tree.leaves(params))
-    print(
-        f"model d_model={model_config.d_model} layers={model_config.num_encoder_layers}+"
-        f"{model_config.num_decoder_layers} vocab={model_config.vocab_size} "
-        f"({num_params / 1e6:.1f}M params); batch {batch}, source {source_length}, "
-        f"output {length} tokens, beam {beam_size}; {jax.device_count()} "
-        f"{jax.devices()[0].platform} device(s); median of {_REPEATS.value} runs"
-    )
-
-    variants = {
-        "greedy_cached": jax.jit(lambda p, x: greedy_search(model, p, x, length)),
-        "greedy_uncached": jax.jit(lambda p, x: uncached_greedy_search(model, p, x, length)),
-        "ancestry_mask": ancestry_beam_search(model, beam_size, length),
+    load_before = os.getloadavg()[0]
+    report = real_path() if _WORKDIR.value else synthetic()
+    report = {
+        **report,
+        "ctranslate2": f"{ctranslate2.__version__}, float32, {_THREADS.value} threads",
+        "repeats": _REPEATS.value,
+        "cpus": os.cpu_count(),
+        "load_1min": {"before": load_before, "after": os.getloadavg()[0]},
     }
-    for name in REORDER:
-        variants[name] = gather_beam_search(model, name, beam_size, length)
-    unknown = sorted(set(_VARIANTS.value) - set(variants))
-    if unknown:
-        raise app.UsageError(f"Unknown --variants {unknown}; choose from {sorted(variants)}.")
-
-    chosen = {name: variants[name] for name in _VARIANTS.value}
-    first, runs = time_interleaved(chosen, (params, inputs), _REPEATS.value)
-    medians, outputs = {}, {}
-    for name, fn in chosen.items():
-        medians[name] = statistics.median(runs[name])
-        outputs[name] = np.asarray(fn(params, inputs))
-        print(
-            f"{name:16s} {medians[name] * 1e3:9.1f} ms  ({min(runs[name]) * 1e3:.1f}-"
-            f"{max(runs[name]) * 1e3:.1f})  {batch * length / medians[name]:9.0f} output "
-            f"tokens/s  [compile+first run {first[name]:.1f} s]"
-        )
-
-    if {"greedy_cached", "greedy_uncached"} <= medians.keys():
-        same = np.array_equal(outputs["greedy_cached"], outputs["greedy_uncached"])
-        ratio = medians["greedy_uncached"] / medians["greedy_cached"]
-        print(f"cached greedy is {ratio:.1f}x faster than uncached (same outputs: {same})")
-    if "self_take" in medians:
-        for name in [v for v in BEAM_VARIANTS if v in medians and v != "self_take"]:
-            same = np.array_equal(outputs[name], outputs["self_take"])
-            print(
-                f"{name} takes {medians[name] / medians['self_take']:.2f}x the time of "
-                f"self_take (same outputs: {same})"
-            )
+    text = json.dumps(report, indent=2)
+    print(text)
+    if _OUTPUT.value:
+        Path(_OUTPUT.value).write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 Restores the newest checkpoint of a workdir (or a given checkpoints/<step> folder) with
 `training.restoring.restore_for_translation`, translates the first `num_examples` sentences of
 the split with the checkpoint's decode settings, and prints the share of outputs equal to the
-reference, sacreBLEU and the decoding time, then the same figures as one JSON line.
+reference, sacreBLEU and the decoding time; on the numbers corpus also the exact match of each
+magnitude band (numbers of 1 digit, 2 digits, ...). Then the same figures as one JSON line.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError("--checkpoint is required (a training workdir, e.g. runs/default).")
 
     import input_pipeline
+    from data import numbers
     from decoding import DecodeSettings, DecodeSettingsError, translate_texts
     from decoding.settings import max_input_length
     from training import evaluation, restoring
@@ -80,6 +82,13 @@ def main(argv: Sequence[str]) -> None:
         f"{split}: exact match {figures['exact_match']:.2%} of {len(pairs)} sentences, "
         f"BLEU {figures['bleu']:.2f}, beam {figures['beam_size']}, decoding {seconds:.1f} s"
     )
+    if config.data.source == "numbers":
+        drawn = numbers.numbers_of_split(config.data, split)[: len(pairs)]
+        bands = numbers.exact_match_by_band([numbers.digit_count(n) for n in drawn], correct)
+        for digits, (count, share) in bands.items():
+            print(f"  {digits}-digit numbers: exact match {share:.2%} of {count}")
+        figures["exact_match_by_digits"] = {str(d): share for d, (_, share) in bands.items()}
+        figures["examples_by_digits"] = {str(d): count for d, (count, _) in bands.items()}
     print(json.dumps(figures))
 
 

@@ -24,6 +24,7 @@ from decoding import (
     translate_tokens,
 )
 from decoding import translator as translator_module
+from decoding.beam_search import top_k_by_chunks
 from decoding.reference import uncached_greedy_search
 from decoding.settings import DecodeSettings
 from model import Transformer, TransformerConfig
@@ -273,6 +274,21 @@ def test_beam_search_matches_plain_python_beam_search(beams, alpha, max_len, see
         np.testing.assert_allclose(scores[: len(expected)], [s for s, _ in expected], atol=1e-4)
         got = [unpadded(row) for row in np.asarray(result.sequences[sentence])]
         assert got[: len(expected)] == [seq for _, seq in expected]
+
+
+@pytest.mark.parametrize("n, k, chunk", [(1000, 8, 64), (130, 4, 16), (64, 8, 8), (40, 3, 64)])
+def test_top_k_by_chunks_equals_lax_top_k(n, k, chunk):
+    """Same values and indices as jax.lax.top_k, ties (to the lower index) and -inf included."""
+    rng = np.random.default_rng(n)
+    x = rng.integers(0, 6, (5, n)).astype(np.float32)  # many ties
+    x[1] = rng.normal(size=n)
+    x[2, : n - 2] = -np.inf  # only two finite entries, at the end
+    x[3] = -np.inf
+    got_values, got_indices = top_k_by_chunks(jnp.asarray(x), k, chunk)
+    values, indices = jax.lax.top_k(jnp.asarray(x), k)
+    np.testing.assert_array_equal(np.asarray(got_values), np.asarray(values))
+    np.testing.assert_array_equal(np.asarray(got_indices), np.asarray(indices))
+    assert set(np.asarray(got_indices)[2, :2]) == {n - 2, n - 1}  # the finite ones first
 
 
 def test_beam_search_on_sharded_parameters_matches_one_device(small):

@@ -1,6 +1,7 @@
 """The network against the paper's formulas and its invariances (padding, causality, packing,
 cached decoding), on small random models."""
 
+import functools
 import math
 
 import jax
@@ -51,7 +52,7 @@ def numpy_attention(q, k, v, mask):
 
 @pytest.mark.parametrize("with_weights", [False, True])  # jax.nn path and the plain path
 def test_attention_matches_float64_formula(with_weights):
-    rng = np.random.default_rng()  # fresh inputs every run
+    rng = np.random.default_rng(11)
     batch, q_len, kv_len, heads, head_dim = 3, 5, 7, 4, 16
     q, k, v = (
         rng.standard_normal((batch, n, heads, head_dim)).astype(np.float32)
@@ -77,7 +78,7 @@ def test_attention_matches_float64_formula(with_weights):
 
 def test_multi_head_module_matches_float64_projections():
     """The encoder's first self-attention, recomputed in numpy from its own parameters."""
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(12)
     cfg = TINY
     model = Transformer(cfg)
     inputs = random_tokens(rng, (2, 6))
@@ -146,7 +147,7 @@ def tiny():
 
 def test_padding_changes_nothing_at_real_positions(tiny):
     model, params = tiny
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(13)
     inputs, targets = random_tokens(rng, (2, 6)), random_tokens(rng, (2, 5))
     reference = logits_of(model, params, inputs, targets)
     padded_inputs = jnp.pad(inputs, ((0, 0), (0, 4)))
@@ -158,7 +159,7 @@ def test_padding_changes_nothing_at_real_positions(tiny):
 
 def test_decoder_is_causal(tiny):
     model, params = tiny
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(14)
     inputs, targets = random_tokens(rng, (2, 6)), random_tokens(rng, (2, 7))
     reference = logits_of(model, params, inputs, targets)
     changed = targets.at[:, 4:].set(random_tokens(rng, (2, 3)))
@@ -170,7 +171,7 @@ def test_decoder_is_causal(tiny):
 
 def test_packed_row_equals_each_sequence_alone(tiny):
     model, params = tiny
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(15)
     src_a, tgt_a = random_tokens(rng, (1, 4)), random_tokens(rng, (1, 3))
     src_b, tgt_b = random_tokens(rng, (1, 5)), random_tokens(rng, (1, 6))
     alone_a = logits_of(model, params, src_a, tgt_a)
@@ -203,7 +204,7 @@ def test_packed_row_equals_each_sequence_alone(tiny):
 @pytest.mark.parametrize("beams", [1, 3])
 def test_cached_steps_reproduce_teacher_forced_logits(tiny, beams):
     model, params = tiny
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(16)
     inputs = random_tokens(rng, (2, 6)).at[1, 5:].set(0)
     targets = random_tokens(rng, (2 * beams, 7))  # beams of sentence s: rows s*beams .. +beams-1
     repeated_inputs = jnp.repeat(inputs, beams, axis=0)
@@ -256,6 +257,46 @@ def test_options_run_and_train(overrides):
     assert np.isfinite(value)
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
     assert any(np.abs(g).max() > 0 for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+def test_remat_gives_the_same_outputs_and_gradients(norm_position):
+    """Recomputing each layer in the backward pass changes memory, not numbers: the same
+    logits and gradients as without remat, dropout included (its masks are recomputed)."""
+    fields = {**TINY.__dict__, "norm_position": norm_position, "dropout_rate": 0.1}
+    fields.update(attention_dropout_rate=0.1, relu_dropout_rate=0.1)
+    plain, remat = (
+        Transformer(TransformerConfig(**fields)),
+        Transformer(TransformerConfig(**{**fields, "remat": True})),
+    )
+    rng = np.random.default_rng(7)
+    inputs, targets = random_tokens(rng, (2, 6)), random_tokens(rng, (2, 5))
+    params = unboxed(plain.init(jax.random.key(4), inputs, targets)["params"])
+
+    def loss_and_logits(model, p, dropout_key):
+        logits = model.apply(
+            {"params": p}, inputs, targets, deterministic=False, rngs={"dropout": dropout_key}
+        )
+        log_probs = jax.nn.log_softmax(logits)
+        return -jnp.mean(jnp.take_along_axis(log_probs, targets[..., None], -1)), logits
+
+    def gradients(model):
+        return jax.jit(jax.value_and_grad(functools.partial(loss_and_logits, model), has_aux=True))
+
+    plain_gradients = gradients(plain)
+    (loss_a, logits_a), grads_a = plain_gradients(params, jax.random.key(5))
+    (loss_b, logits_b), grads_b = gradients(remat)(params, jax.random.key(5))
+    np.testing.assert_allclose(np.asarray(logits_b), np.asarray(logits_a), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(loss_b), float(loss_a), rtol=1e-6)
+    flat_a = jax.tree_util.tree_flatten_with_path(grads_a)[0]
+    for (path, a), b in zip(flat_a, jax.tree.leaves(grads_b), strict=True):
+        np.testing.assert_allclose(
+            np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path)
+        )
+    # The comparison can fail: other dropout masks (another key) move the gradients.
+    _, other = plain_gradients(params, jax.random.key(6))
+    changed = jax.tree.map(lambda x, y: np.abs(np.asarray(x) - np.asarray(y)).max(), grads_a, other)
+    assert max(jax.tree.leaves(changed)) > 1e-3
 
 
 def test_bfloat16_compute_returns_float32_logits_and_finite_gradients():

@@ -95,7 +95,7 @@ def check_decode(decode: ml_collections.ConfigDict) -> None:
     try:
         DecodeSettings.from_config(decode)
     except DecodeSettingsError as error:
-        raise ConfigError(f"{error} (config.decode)") from None
+        raise ConfigError(f"{error} Change config.decode (--config.decode.FIELD=VALUE).") from None
 
 
 def check_attention(config: ml_collections.ConfigDict, platform: str | None = None) -> None:

@@ -168,10 +168,14 @@ def resolve_attention_implementation(fields: Mapping[str, Any], platform: str | 
     platform = platform or jax.default_backend()
     compute_capability = None
     if platform == "gpu":
-        device = jax.local_devices(backend="gpu")[0]
-        is_cuda = "cuda" in device.client.platform_version.lower()
-        platform = "cuda" if is_cuda else "rocm"
-        compute_capability = getattr(device, "compute_capability", None) if is_cuda else None
+        try:
+            device = jax.local_devices(backend="gpu")[0]
+        except RuntimeError:  # asked about a GPU this process cannot see: no fused kernel
+            device = None
+        if device is not None:
+            is_cuda = "cuda" in device.client.platform_version.lower()
+            platform = "cuda" if is_cuda else "rocm"
+            compute_capability = getattr(device, "compute_capability", None) if is_cuda else None
     defaults = TransformerConfig()
     requested = fields.get("attention_implementation", defaults.attention_implementation)
     implementation, why = choose_attention_implementation(

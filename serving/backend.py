@@ -2,8 +2,9 @@
 checkpoint (serving/jax_backend.py) or a CTranslate2 export (serving/ctranslate2_backend.py).
 
 The server tokenizes each sentence with `encode` on arrival, queues it under its `bucket`
-(sentences of one bucket decode together), and hands groups of at most `max_rows` sentences
-of one bucket to `decode_batch`, from the decoder worker thread only."""
+(sentences of one bucket decode together, with shorter ones filling spare rows), and hands
+groups of at most `max_rows` sentences to `decode_batch`, from the decoder worker thread
+only."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ class Encoded:
     """One sentence, tokenized for the backend."""
 
     tokens: tuple  # token ids (JAX) or sentencepiece pieces (CTranslate2), EOS as the backend wants
-    bucket: int  # sentences with equal buckets are decoded together (the padded source length)
+    bucket: int  # the padded source length; a batch is padded to its longest bucket
     truncated: bool  # longer than the backend's maximum input length: its end was cut
 
 
@@ -39,7 +40,7 @@ class Backend(Protocol):
         """`text` (one non-blank line) tokenized, truncated to the maximum input length."""
 
     def decode_batch(self, batch: Sequence[Encoded]) -> list[Decoded]:
-        """Translations of 1..max_rows sentences of one bucket, in order. Each translation
+        """Translations of 1..max_rows sentences (of any buckets), in order. Each translation
         does not depend on the others in the batch (beyond float rounding)."""
 
     def warm_up(self) -> None:

@@ -4,7 +4,12 @@ Request handlers `submit` sentences (already encoded) and get a concurrent Futur
 worker keeps one first-in-first-out queue per bucket and decodes a bucket's sentences
 together, at most `max_rows` at a time, as soon as the bucket is full or its oldest sentence
 has waited `max_wait_s`; of the buckets ready, the one whose oldest sentence came first goes
-first. A sentence whose Future was cancelled before its batch starts (its client timed out or
+first. The wait also counts from the end of the previous decode: the clients it answered get
+`max_wait_s` to send their next sentences, which then join the sentences queued meanwhile
+(otherwise concurrent clients split into groups that alternate, each batch half full). Rows
+the bucket leaves free are filled with the oldest sentences of *shorter* buckets
+(padded to the batch's bucket), so mixed lengths still make full batches, and no sentence
+makes a batch longer than its own bucket would be. A sentence whose Future was cancelled before its batch starts (its client timed out or
 went away) is dropped unseen, so nothing a client does holds the worker up.
 """
 
@@ -50,6 +55,7 @@ class Batcher:
         self.metrics = metrics
         self._queues: dict[int, collections.deque[_Pending]] = {}
         self._queued = 0
+        self._last_decode_end = float("-inf")  # time.monotonic() when the last batch was done
         self._condition = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="decoder", daemon=True)
@@ -88,7 +94,7 @@ class Batcher:
         """(the bucket to decode now or None, seconds until one will be ready)."""
         ready, wait = [], float("inf")
         for bucket, queue in self._queues.items():
-            due = queue[0].enqueued + self.max_wait_s
+            due = max(queue[0].enqueued, self._last_decode_end) + self.max_wait_s
             if len(queue) >= self.max_rows or due <= now or self._stopping:
                 ready.append((queue[0].enqueued, bucket))
             else:
@@ -105,22 +111,31 @@ class Batcher:
                 if self._stopping and not self._queues:
                     return None
                 self._condition.wait(None if wait == float("inf") else wait)
-            queue = self._queues[bucket]
             batch = []
-            while queue and len(batch) < self.max_rows:
+            while len(batch) < self.max_rows and (source := self._fill_from(bucket)) is not None:
+                queue = self._queues[source]
                 pending = queue.popleft()
+                if not queue:
+                    del self._queues[source]
                 self._queued -= 1
                 if pending.future.set_running_or_notify_cancel():  # False: cancelled
                     batch.append(pending)
-            if not queue:
-                del self._queues[bucket]
             self.metrics.queued_sentences.set(self._queued)
             return batch
+
+    def _fill_from(self, bucket: int) -> int | None:
+        """The queue the next row of a `bucket` batch comes from: that bucket's own while it
+        lasts, then the shorter bucket whose oldest sentence came first (None: none left)."""
+        if bucket in self._queues:
+            return bucket
+        shorter = [(queue[0].enqueued, b) for b, queue in self._queues.items() if b < bucket]
+        return min(shorter)[1] if shorter else None
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
             if batch:
                 self._decode(batch)
+                self._last_decode_end = time.monotonic()
 
     def _decode(self, batch: list[_Pending]) -> None:
         start = time.monotonic()

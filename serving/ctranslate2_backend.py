@@ -93,6 +93,16 @@ class CTranslate2Backend:
         return Encoded(tuple(pieces[:limit]), bucket, len(pieces) > limit)
 
     def decode_batch(self, batch: Sequence[Encoded]) -> list[Decoded]:
+        """Each bucket of the batch is translated on its own: the output limit is the
+        bucket's, so a sentence decodes as it would alone."""
+        decoded: list[Decoded | None] = [None] * len(batch)
+        for bucket in sorted({e.bucket for e in batch}):
+            rows = [i for i, e in enumerate(batch) if e.bucket == bucket]
+            for i, result in zip(rows, self._decode_bucket([batch[i] for i in rows]), strict=True):
+                decoded[i] = result
+        return decoded
+
+    def _decode_bucket(self, batch: Sequence[Encoded]) -> list[Decoded]:
         max_decoding_length = batch[0].bucket + self.settings.max_extra_length
         if self.max_length is not None:
             max_decoding_length = min(max_decoding_length, self.max_length)

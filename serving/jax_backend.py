@@ -1,6 +1,6 @@
 """The JAX decoder of a restored checkpoint, for the server (a serving.backend.Backend).
 
-A batch of sentences of one source-length bucket is padded to that length and to the next
+A batch of sentences is padded to its longest source-length bucket and to the next
 batch size of `row_sizes` (powers of two up to max_rows), then decoded by
 decoding.translate_tokens in one jitted call; padding rows decode nothing. So there is one
 compilation per (bucket, batch size), all done by `warm_up`, and a sentence's translation
@@ -95,10 +95,11 @@ class JaxBackend:
         return np.asarray(jax.device_get(outputs))
 
     def decode_batch(self, batch: Sequence[Encoded]) -> list[Decoded]:
-        if not 1 <= len(batch) <= self.max_rows or len({e.bucket for e in batch}) != 1:
-            raise ValueError(f"decode_batch takes 1..{self.max_rows} sentences of one bucket.")
+        if not 1 <= len(batch) <= self.max_rows:
+            raise ValueError(f"decode_batch takes 1..{self.max_rows} sentences.")
         num_rows = next(size for size in row_sizes(self.max_rows) if size >= len(batch))
-        outputs = self._decode_ids([e.tokens for e in batch], batch[0].bucket, num_rows)
+        bucket = max(e.bucket for e in batch)  # each row's output limit is its own length's
+        outputs = self._decode_ids([e.tokens for e in batch], bucket, num_rows)
         decoded = []
         for row in range(len(batch)):
             ids = output_ids(outputs[row])

@@ -216,6 +216,11 @@ def test_a_sentence_translates_the_same_alone_and_in_any_batch(sharp_checkpoint)
     reversed_ = [d.text for d in backend.decode_batch(by_bucket[::-1])][::-1]
     assert alone == together == reversed_
     assert len(set(alone)) >= 3, alone
+    # Padded to a longer bucket (as when shorter sentences fill a batch's spare rows).
+    longer = [e for e in encoded if e.bucket > by_bucket[0].bucket][:1]
+    assert longer, [e.bucket for e in encoded]
+    mixed = [d.text for d in backend.decode_batch(longer + by_bucket)][1:]
+    assert mixed == alone
 
 
 def serve_command(*args: str) -> subprocess.Popen:

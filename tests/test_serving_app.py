@@ -298,7 +298,7 @@ def encoded(length: int, name: str) -> Encoded:
     return Encoded((name,) * length, bucket_length(length, 32), False)
 
 
-def test_batcher_groups_by_bucket_caps_rows_and_keeps_order():
+def test_batcher_groups_by_bucket_fills_with_shorter_caps_rows_and_keeps_order():
     calls = []
 
     def decode(batch):
@@ -314,7 +314,9 @@ def test_batcher_groups_by_bucket_caps_rows_and_keeps_order():
     results = [future.result(timeout=10).text for future in futures]
     batcher.stop()
     assert results == ["s0", "l0", "s1", "l1", "s2", "s3", "s4", "l2", "s5"]
-    assert calls == [["s0", "s1", "s2", "s3"], ["l0", "l1", "l2"], ["s4", "s5"]]
+    # The long bucket's spare row takes the oldest short sentence; a short batch never takes
+    # a long sentence.
+    assert calls == [["s0", "s1", "s2", "s3"], ["l0", "l1", "l2", "s4"], ["s5"]]
 
 
 def test_batcher_waits_for_batch_mates_at_most_max_wait_and_drops_cancelled():
@@ -349,8 +351,8 @@ def test_batcher_stop_decodes_what_is_queued_and_a_decoder_error_fails_only_its_
 
     batcher = Batcher(decode, max_rows=8, max_wait_s=60, max_queued=10, metrics=ServerMetrics())
     batcher.start()
-    bad = batcher.submit([encoded(20, "bad")])[0]
-    good: list[Future] = batcher.submit([encoded(2, "ok"), encoded(2, "ok")])
+    bad = batcher.submit([encoded(2, "bad")])[0]  # first, so its (short) bucket goes first
+    good: list[Future] = batcher.submit([encoded(20, "ok"), encoded(20, "ok")])
     batcher.stop()  # does not wait the 60 s: stopping makes every bucket ready
     assert [future.result(timeout=0).text for future in good] == ["ok", "ok"]
     with pytest.raises(RuntimeError, match="decoder bug"):

@@ -24,14 +24,14 @@ LINE_COUNTS_FILE = "line_counts.json"
 
 
 class GeneratedSource(Source):
-    """A GeneratorBasedBuilder class and the function giving its BuilderConfig for a data
+    """A TFDS builder class and the function giving its BuilderConfig for a data
     config; prepared into `data.prepared_dir/BUILDER/CONFIG/VERSION`. If the builder instance
     has a `line_counts` dict ({split: object with .lines, .empty}), it is saved too."""
 
     def __init__(
         self,
         name: str,
-        builder_cls: type[tfds.core.GeneratorBasedBuilder],
+        builder_cls: type[tfds.core.DatasetBuilder],
         builder_config: Callable[..., tfds.core.BuilderConfig],
     ):
         self.name, self.builder_cls, self.builder_config = name, builder_cls, builder_config

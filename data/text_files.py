@@ -136,11 +136,18 @@ def text_files_config(data_config) -> TextFilesConfig:
     )
 
 
-class TextFilesTranslation(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+# TFDS's shard writer keeps every example of a shard in memory until the shard is written (it
+# tees the stream to count it), so bounded shards bound the memory a large corpus takes.
+EXAMPLES_PER_SHARD = 100_000
+
+
+class TextFilesTranslation(tfds.core.ShardBasedBuilder, skip_registration=True):
     """TFDS builder of a parallel text corpus; one split per configured file pair.
 
-    Records keep file order. After `download_and_prepare`, `line_counts` holds each split's
-    `LineCounts` (lines read, empty pairs dropped).
+    Records keep file order, written shard after shard from one pass over the files: a
+    ShardBasedBuilder streams to disk, where a GeneratorBasedBuilder would hold a split in
+    memory (and spill it through TensorFlow beyond 1 GB). After `download_and_prepare`,
+    `line_counts` holds each split's `LineCounts` (lines read, empty pairs dropped).
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -162,15 +169,24 @@ class TextFilesTranslation(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
             disable_shuffling=True,
         )
 
-    def _split_generators(self, dl_manager):
-        return {split: self._generate_examples(split) for split in self.builder_config.files}
+    def _shard_iterators_per_split(self, dl_manager):
+        return {split: self._shard_generators(split) for split in self.builder_config.files}
 
-    def _generate_examples(self, split: str):
+    def _shard_generators(self, split: str) -> list:
+        """One generator per shard of EXAMPLES_PER_SHARD pairs (the last takes the rest),
+        reading one shared pass over the files: TFDS calls them in order, one at a time."""
         cfg = self.builder_config
-        counts = self.line_counts[split] = LineCounts()
         source_path, target_path = cfg.files[split]
-        for i, (source, target) in enumerate(read_parallel_lines(source_path, target_path, counts)):
-            yield i, {cfg.source_lang: source, cfg.target_lang: target}
+        counts = self.line_counts[split] = LineCounts()
+        pairs = enumerate(read_parallel_lines(source_path, target_path, counts))
+        num_shards = max(1, -(-_count_lines(source_path) // EXAMPLES_PER_SHARD))
+
+        def shard(size: int | None):
+            for key, (source, target) in itertools.islice(pairs, size):
+                yield key, {cfg.source_lang: source, cfg.target_lang: target}
+
+        sizes = [EXAMPLES_PER_SHARD] * (num_shards - 1) + [None]
+        return [lambda size=size: shard(size) for size in sizes]
 
 
 SOURCE = register(GeneratedSource("text_files", TextFilesTranslation, text_files_config))

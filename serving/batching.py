@@ -7,10 +7,11 @@ has waited `max_wait_s`; of the buckets ready, the one whose oldest sentence cam
 first. The wait also counts from the end of the previous decode: the clients it answered get
 `max_wait_s` to send their next sentences, which then join the sentences queued meanwhile
 (otherwise concurrent clients split into groups that alternate, each batch half full). Rows
-the bucket leaves free are filled with the oldest sentences of *shorter* buckets
-(padded to the batch's bucket), so mixed lengths still make full batches, and no sentence
-makes a batch longer than its own bucket would be. A sentence whose Future was cancelled before its batch starts (its client timed out or
-went away) is dropped unseen, so nothing a client does holds the worker up.
+the bucket leaves free are filled with the oldest sentences of *shorter* buckets (padded to
+the batch's bucket), so mixed lengths still make full batches, and no sentence makes a batch
+longer than its own bucket would be. A sentence whose Future was cancelled before its batch
+starts (its client timed out or went away) is dropped unseen, so nothing a client does holds
+the worker up.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -61,6 +62,30 @@ def test_text_files_in_file_order_empty_pairs_dropped_and_counted(tmp_path, corp
     assert ip.raw_examples(config.data, "train") == expected
     assert ip.raw_examples(config.data, "val") == [("One.", "Eins."), ("Two.", "Zwei.")]
     assert sources.line_counts(config.data)["train"] == {"lines": 6, "empty_dropped": 2}
+
+
+def test_a_corpus_of_many_shards_keeps_file_order_and_every_pair(tmp_path, monkeypatch):
+    """Shards are written from one pass over the files; 23 pairs in shards of 5, the last one
+    taking the rest (the empty pair dropped in shard 2 leaves 22 pairs: 5, 5, 5, 5, 2)."""
+    from data import text_files
+
+    monkeypatch.setattr(text_files, "EXAMPLES_PER_SHARD", 5)
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    english = [f"sentence {i}." if i != 7 else "" for i in range(23)]
+    german = [f"Satz {i}." for i in range(23)]
+    write(corpus_dir / "train.en", english)
+    write(corpus_dir / "train.de", german)
+    for split in ("val", "test"):
+        write(corpus_dir / f"{split}.en", ["One."])
+        write(corpus_dir / f"{split}.de", ["Eins."])
+    config = text_config(tmp_path, corpus_dir)
+    expected = [(e, g) for e, g in zip(english, german, strict=True) if e]
+    assert ip.raw_examples(config.data, "train") == expected
+    prepared = Path(sources.builder(config.data).data_dir)
+    train_files = list(prepared.glob("*-train.array_record-*"))
+    assert len(train_files) == 5, train_files
+    assert sources.line_counts(config.data)["train"] == {"lines": 23, "empty_dropped": 1}
 
 
 def test_changed_file_is_prepared_again(tmp_path, corpus):

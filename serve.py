@@ -243,6 +243,7 @@ def main(argv: Sequence[str]) -> None:
         host=_HOST.value,
         port=_PORT.value,
         access_log=_ACCESS_LOG.value,
+        http="httptools",  # the C parser (a `serve` dependency): less CPU per request than h11
         timeout_graceful_shutdown=int(_REQUEST_TIMEOUT_S.value) + 5,
         log_config=None,  # absl's logging handler prints uvicorn's lines too
     )

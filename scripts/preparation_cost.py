@@ -7,7 +7,9 @@
 Three phases, in this process, each timed (wall and CPU seconds) with the peak resident memory
 after it (`ru_maxrss`, the maximum since the process started): the TFDS preparation of the
 text files (array_record), the tokenization into token ids (data/token_ids.py), and the start
-of the training iterator plus --num_batches batches. Then the disk size of each result. Use a
+of the training iterator plus --num_batches batches; with the resident memory at the end of
+each, split into anonymous and file-backed (memory-mapped) pages. Then the disk size of each
+result. Use a
 fresh --prepared_dir to measure a first preparation; a second call shows the reuse.
 """
 
@@ -37,6 +39,17 @@ def disk_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def resident_now() -> dict[str, int]:
+    """Resident memory now, MiB: anonymous (the process's own data) and file-backed (pages
+    of memory-mapped files such as the token ids, which the kernel can drop at will)."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("RssAnon", "RssFile"):
+            fields[f"{name[3:].lower()}_rss_mib_now"] = int(value.split()[0]) // 1024
+    return fields
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -55,6 +68,7 @@ def main(argv: list[str]) -> None:
             "wall_s": round(time.perf_counter() - wall, 1),
             "cpu_s": round(time.process_time() - cpu, 1),
             "peak_rss_mib_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+            **resident_now(),
         }
         print(name, phases[name], file=sys.stderr)
         return result

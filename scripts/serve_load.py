@@ -6,10 +6,10 @@ concurrent single-sentence clients, interleaved (A, B, A, B, ...) so both see th
         [--clients=32] [--requests=256] [--rounds=2] [--max_seconds=600]
 
 Each round sends `--requests` sentences one at a time, then the same sentences from
-`--clients` threads (each request one sentence, the next sentence as soon as the last is
-answered; one keep-alive connection per client). Prints one JSON object: for each mode the
-requests answered, errors, seconds, requests/s and p50/p99 latency in milliseconds over all
-rounds, and the throughput ratio.
+`--clients` threads spread over `--processes` processes (each request one sentence, the next
+sentence as soon as the last is answered; one keep-alive connection per client). Prints one
+JSON object: for each mode the requests answered, errors, seconds, requests/s and p50/p99
+latency in milliseconds over all rounds, and the throughput ratio.
 Loopback only; bounded by --requests x --rounds x 2 requests and by --max_seconds.
 """
 
@@ -19,6 +19,7 @@ import contextlib
 import http.client
 import ipaddress
 import json
+import multiprocessing
 import statistics
 import sys
 import threading
@@ -27,7 +28,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 from absl import app, flags
@@ -43,6 +44,12 @@ _REQUESTS = flags.DEFINE_integer("requests", 256, "Requests per mode and round."
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Rounds of (one at a time, concurrent).")
 _MAX_SECONDS = flags.DEFINE_float("max_seconds", 600, "Stop sending after this many seconds.")
 _TIMEOUT_S = flags.DEFINE_float("timeout_s", 120, "Per-request timeout.")
+_PROCESSES = flags.DEFINE_integer(
+    "processes",
+    4,
+    "Client processes that share the concurrent clients: threads of one Python process "
+    "contend for its interpreter lock and would measure the load script, not the server.",
+)
 
 
 def check_loopback(url: str) -> None:
@@ -115,6 +122,30 @@ def run_mode(url: str, texts: list[str], target: str, clients: int, deadline: fl
     return {"latencies": latencies, "errors": errors[0], "seconds": time.monotonic() - start}
 
 
+def run_mode_in_processes(
+    pool: ProcessPoolExecutor,
+    url: str,
+    texts: list[str],
+    target: str,
+    clients: int,
+    deadline: float,
+) -> dict:
+    """run_mode with `clients` spread over the pool's processes, each sending its share of
+    `texts`; the seconds are the wall time of the whole."""
+    processes = _PROCESSES.value
+    start = time.monotonic()
+    shares = [
+        pool.submit(run_mode, url, texts[i::processes], target, clients // processes, deadline)
+        for i in range(processes)
+    ]
+    runs = [share.result() for share in shares]
+    return {
+        "latencies": [latency for run in runs for latency in run["latencies"]],
+        "errors": sum(run["errors"] for run in runs),
+        "seconds": time.monotonic() - start,
+    }
+
+
 def summary(runs: list[dict]) -> dict:
     latencies = sorted(latency for run in runs for latency in run["latencies"])
     seconds = sum(run["seconds"] for run in runs)
@@ -141,10 +172,18 @@ def main(argv: Sequence[str]) -> None:
     texts = sentences()
     texts = [texts[i % len(texts)] for i in range(_REQUESTS.value)]
     deadline = time.monotonic() + _MAX_SECONDS.value
+    if _CLIENTS.value % _PROCESSES.value:
+        raise app.UsageError(f"--clients must be a multiple of --processes={_PROCESSES.value}")
     sequential, concurrent = [], []
-    for _ in range(_ROUNDS.value):
-        sequential.append(run_mode(url, texts, target, 1, deadline))
-        concurrent.append(run_mode(url, texts, target, _CLIENTS.value, deadline))
+    with ProcessPoolExecutor(
+        _PROCESSES.value, mp_context=multiprocessing.get_context("fork")
+    ) as pool:
+        list(pool.map(abs, range(_PROCESSES.value)))  # start the processes before timing
+        for _ in range(_ROUNDS.value):
+            sequential.append(run_mode(url, texts, target, 1, deadline))
+            concurrent.append(
+                run_mode_in_processes(pool, url, texts, target, _CLIENTS.value, deadline)
+            )
     one, many = summary(sequential), summary(concurrent)
     ratio = many["requests_per_s"] / one["requests_per_s"] if one["requests_per_s"] else None
     report = {

@@ -357,3 +357,28 @@ def test_batcher_stop_decodes_what_is_queued_and_a_decoder_error_fails_only_its_
     assert [future.result(timeout=0).text for future in good] == ["ok", "ok"]
     with pytest.raises(RuntimeError, match="decoder bug"):
         bad.result(timeout=0)
+
+
+def test_batcher_waits_after_a_decode_so_the_clients_it_answered_can_join():
+    """B arrives while A decodes (0.8 s); C arrives 0.4 s after A's answer. Counting B's wait
+    (1 s) from its arrival would start B alone 0.2 s after A's end; counting it from A's end
+    lets C join."""
+    calls, decoding = [], threading.Event()
+
+    def decode(batch):
+        calls.append([e.tokens[0] for e in batch])
+        decoding.set()
+        time.sleep(0.8 if batch[0].tokens[0] == "a" else 0)
+        return [Decoded(e.tokens[0], 1) for e in batch]
+
+    batcher = Batcher(decode, max_rows=8, max_wait_s=1.0, max_queued=10, metrics=ServerMetrics())
+    batcher.start()
+    (a,) = batcher.submit([encoded(2, "a")])
+    assert decoding.wait(timeout=10)
+    (b,) = batcher.submit([encoded(2, "b")])
+    a.result(timeout=10)
+    time.sleep(0.4)
+    (c,) = batcher.submit([encoded(2, "c")])
+    assert (b.result(timeout=10).text, c.result(timeout=10).text) == ("b", "c")
+    batcher.stop()
+    assert calls == [["a"], ["b", "c"]]

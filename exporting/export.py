@@ -98,13 +98,16 @@ def export_checkpoint(
 
 
 def export_info(restored: Restored, quantization: str | None, pieces: list[str]) -> dict:
-    """What export.json records: the source checkpoint(s), the positions the model has, and
-    the translate_batch options that decode as translate.py with config.decode does."""
+    """What export.json records: the source checkpoint(s), its languages, the positions the
+    model has, and the translate_batch options that decode as translate.py with config.decode
+    does."""
     max_length = restored.model.config.max_length
     settings = DecodeSettings.from_config(restored.config.decode)
     return {
         "checkpoints_dir": str(restored.checkpoints_dir),
         "steps": list(restored.steps),  # one step, or those averaged
+        "source_lang": restored.config.data.source_lang,  # serve.py --ctranslate2 reads them
+        "target_lang": restored.config.data.target_lang,
         "quantization": quantization or "float32",
         "ctranslate2_version": ctranslate2.__version__,
         "max_length": max_length,  # positions: source tokens with EOS, decoder steps

@@ -174,6 +174,7 @@ def run_benchmark(tmp_path, *flags, devices=1):
     )
 
 
+@pytest.mark.slow  # a minute or more on a 2-core CPU: runs in `make test-slow`
 def test_command_writes_the_figures(tmp_path):
     out = tmp_path / "bench.json"
     result = run_benchmark(

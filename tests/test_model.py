@@ -229,7 +229,7 @@ def test_cached_steps_reproduce_teacher_forced_logits(tiny, beams):
         dict(norm_position="pre"),
         dict(position_embedding="learned"),
         dict(share_embeddings=False, tie_output_projection=False),
-        dict(remat=True),
+        pytest.param(dict(remat=True), marks=pytest.mark.slow),  # remat: also compared below
     ],
 )
 def test_options_run_and_train(overrides):
@@ -259,7 +259,7 @@ def test_options_run_and_train(overrides):
     assert any(np.abs(g).max() > 0 for g in jax.tree.leaves(grads))
 
 
-@pytest.mark.parametrize("norm_position", ["post", "pre"])
+@pytest.mark.parametrize("norm_position", [pytest.param("post", marks=pytest.mark.slow), "pre"])
 def test_remat_gives_the_same_outputs_and_gradients(norm_position):
     """Recomputing each layer in the backward pass changes memory, not numbers: the same
     logits and gradients as without remat, dropout included (its masks are recomputed)."""
@@ -299,6 +299,7 @@ def test_remat_gives_the_same_outputs_and_gradients(norm_position):
     assert max(jax.tree.leaves(changed)) > 1e-3
 
 
+@pytest.mark.slow  # a minute or more on a 2-core CPU: runs in `make test-slow`
 def test_bfloat16_compute_returns_float32_logits_and_finite_gradients():
     cfg = TransformerConfig(**{**TINY.__dict__, "dtype": "bfloat16"})
     model = Transformer(cfg)

@@ -38,10 +38,10 @@ def test_ctranslate2_backend_serves_the_plain_recipe_and_matches_jax_greedy(expo
     restored, directory = exported
     info = json.loads((directory / "export.json").read_text())
     assert info["max_length"] == MAX_LENGTH
+    assert (info["source_lang"], info["target_lang"]) == ("en", "de")
     settings = dict(beam_size=1, alpha=0.0, max_extra_length=MAX_LENGTH)
-    backend = CTranslate2Backend(
-        directory, source_lang="en", target_lang="de", max_input_length=16, max_rows=8, **settings
-    )
+    backend = CTranslate2Backend(directory, max_input_length=16, max_rows=8, **settings)
+    assert (backend.source_lang, backend.target_lang) == ("en", "de")  # from export.json
     app = create_app(lambda: backend, ServerSettings(8, 5, 100, 60, Limits(5000, 64)))
     with TestClient(app) as client:
         while client.get("/health").status_code != 200:

@@ -6,6 +6,7 @@ mean losses and so gave a micro-batch of few tokens as much weight as a full one
 import jax
 import numpy as np
 import optax
+import pytest
 
 from configs import default
 from training import partitioning
@@ -93,6 +94,7 @@ def test_two_accumulated_micro_batches_make_the_update_of_one_double_batch():
     )
 
 
+@pytest.mark.slow  # a minute or more on a 2-core CPU: runs in `make test-slow`
 def test_micro_batches_of_different_fill_make_the_gradient_of_one_batch():
     """SGD with rate 1: the update is minus the gradient, so this compares gradients: the
     accumulated one (3 micro-batches with 2, 7 and 16 tokens per row) against the gradient of
@@ -113,6 +115,7 @@ def test_micro_batches_of_different_fill_make_the_gradient_of_one_batch():
     assert relative_difference(delta(averaged, initial), delta(direct, initial)) > 0.05
 
 
+@pytest.mark.slow  # a minute or more on a 2-core CPU: runs in `make test-slow`
 def test_training_config_accumulates_by_tokens():
     """The optimizer of a grad_accum_steps=2 config (Adam, two updates) against two batches
     of both micro-batches: with micro-batches of 3 and 14 tokens per row."""

@@ -4,6 +4,7 @@ translations, BLEU and exact match are those of 1 device."""
 
 import jax
 import numpy as np
+import pytest
 
 import input_pipeline
 from decoding import translator
@@ -14,6 +15,7 @@ from training import setup as training_setup
 from training.loop import prepare_config
 
 
+@pytest.mark.slow  # a minute or more on a 2-core CPU: runs in `make test-slow`
 def test_8_devices_decode_their_rows_and_translate_like_1(tmp_path, prepared_dir, monkeypatch):  # noqa: F811
     config = train_tiny_config.get_config()
     config.data.prepared_dir = str(prepared_dir)

@@ -4,6 +4,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from tests.train_runner import TrainProcesses, finish, prepared_dir, train_losses  # noqa: F401
 from training import partitioning, restoring
@@ -11,6 +12,7 @@ from training import partitioning, restoring
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
 
 
+@pytest.mark.slow  # a minute or more on a 2-core CPU: runs in `make test-slow`
 def test_same_losses_on_1_and_8_devices_and_checkpoints_restore_anywhere(tmp_path, prepared_dir):  # noqa: F811
     overrides = {
         "num_train_steps": 3,

@@ -5,6 +5,7 @@ The processes always end: a failing one does not leave the other waiting forever
 import signal
 
 import numpy as np
+import pytest
 
 from tests.train_runner import (  # noqa: F401
     TrainProcesses,
@@ -84,6 +85,7 @@ def test_a_process_whose_peer_fails_ends_by_itself(tmp_path, prepared_dir):  # n
     assert code != 0, "process 0 claims success without its peer"
 
 
+@pytest.mark.slow  # a minute or more on a 2-core CPU: runs in `make test-slow`
 def test_sigterm_to_one_process_makes_both_save_the_same_step_and_exit_0(tmp_path, prepared_dir):  # noqa: F811
     """JAX's preemption service tells every process the step at which to save, whichever one
     received the signal."""

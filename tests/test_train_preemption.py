@@ -9,6 +9,8 @@ as the device needed to work off everything queued since training began."""
 
 import time
 
+import pytest
+
 from tests.train_runner import (  # noqa: F401
     StderrWatcher,
     TrainProcesses,
@@ -29,6 +31,7 @@ LONG = {
 }
 
 
+@pytest.mark.slow  # a minute or more on a 2-core CPU: runs in `make test-slow`
 def test_sigterm_exit_does_not_depend_on_log_every_steps(tmp_path, prepared_dir):  # noqa: F811
     configs = {"every_step": {**LONG, "log_every_steps": 1}, "never": {**LONG}}
     configs["never"]["log_every_steps"] = 1_000_000

@@ -8,6 +8,7 @@ import signal
 
 import jax
 import numpy as np
+import pytest
 
 from tests.train_runner import (  # noqa: F401
     TrainProcesses,
@@ -121,6 +122,7 @@ def unfinished_saves(workdir) -> list[str]:
     return [p.name for p in directory.glob("*") if "tmp" in p.name] if directory.is_dir() else []
 
 
+@pytest.mark.slow  # a minute or more on a 2-core CPU: runs in `make test-slow`
 def test_killed_during_an_asynchronous_save_resumes_exactly(tmp_path, prepared_dir):  # noqa: F811
     """kill -9 while a checkpoint is being written in the background: the next run resumes
     from the last complete checkpoint and ends exactly like an uninterrupted run."""

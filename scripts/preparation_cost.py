@@ -9,8 +9,8 @@ after it (`ru_maxrss`, the maximum since the process started): the TFDS preparat
 text files (array_record), the tokenization into token ids (data/token_ids.py), and the start
 of the training iterator plus --num_batches batches; with the resident memory at the end of
 each, split into anonymous and file-backed (memory-mapped) pages. Then the disk size of each
-result. Use a
-fresh --prepared_dir to measure a first preparation; a second call shows the reuse.
+result. Use a fresh --prepared_dir to measure a first preparation; a second call shows the
+reuse.
 """
 
 import json

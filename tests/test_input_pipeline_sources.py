@@ -12,7 +12,7 @@ import pytest
 
 import input_pipeline as ip
 from configs import default, multi30k
-from data import generated, sources, statistics
+from data import generated, sources, statistics, text_files
 from tests.conftest import MULTI30K_DIR, REPO_ROOT
 
 ENGLISH = ["A dog runs.", "Two cats sleep.", "", "A red car.", "The sun is hot.", "Birds fly."]
@@ -65,14 +65,12 @@ def test_text_files_in_file_order_empty_pairs_dropped_and_counted(tmp_path, corp
 
 
 def test_a_corpus_of_many_shards_keeps_file_order_and_every_pair(tmp_path, monkeypatch):
-    """Shards are written from one pass over the files; 23 pairs in shards of 5, the last one
-    taking the rest (the empty pair dropped in shard 2 leaves 22 pairs: 5, 5, 5, 5, 2)."""
-    from data import text_files
-
+    """Shards are written from one pass over the files: 23 lines make 5 shards of up to 5
+    pairs; the 5 empty pairs at the end leave 18 (5, 5, 5, 3 and an empty last shard)."""
     monkeypatch.setattr(text_files, "EXAMPLES_PER_SHARD", 5)
     corpus_dir = tmp_path / "corpus"
     corpus_dir.mkdir()
-    english = [f"sentence {i}." if i != 7 else "" for i in range(23)]
+    english = [f"sentence {i}." if i < 18 else "" for i in range(23)]
     german = [f"Satz {i}." for i in range(23)]
     write(corpus_dir / "train.en", english)
     write(corpus_dir / "train.de", german)
@@ -85,7 +83,7 @@ def test_a_corpus_of_many_shards_keeps_file_order_and_every_pair(tmp_path, monke
     prepared = Path(sources.builder(config.data).data_dir)
     train_files = list(prepared.glob("*-train.array_record-*"))
     assert len(train_files) == 5, train_files
-    assert sources.line_counts(config.data)["train"] == {"lines": 23, "empty_dropped": 1}
+    assert sources.line_counts(config.data)["train"] == {"lines": 23, "empty_dropped": 5}
 
 
 def test_changed_file_is_prepared_again(tmp_path, corpus):

@@ -16,8 +16,9 @@ Each sentence keeps `beam_size` *alive* hypotheses (still growing) and the `beam
 Rule 4 (as in fairseq) makes beam size 1 with alpha 0 exactly greedy search. A sentence is done
 when its length limit is reached, or when its finished set is full and no alive hypothesis can
 still beat the worst finished one: log-probabilities only fall as a hypothesis grows, so the best
-an alive hypothesis can reach is log P(alive) / lp(limit). The loop stops when every sentence is
-done. A sentence with no finished hypothesis at the end returns its alive ones.
+an alive hypothesis can reach is log P(alive) / lp(limit). Done sentences leave the batch as
+the search goes (decoding/stages.py), and it stops when every sentence is done. A sentence with
+no finished hypothesis at the end returns its alive ones.
 
 `search` is the algorithm over any step function and cache; `beam_search` runs it on the
 Transformer. Nothing in the decoder cache moves when hypotheses change parents: each beam slot
@@ -35,7 +36,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from decoding import cached_model
+from decoding import cached_model, stages
 from decoding.cached_model import EOS_ID, PAD_ID
 from model import Cache, Transformer
 
@@ -59,7 +60,8 @@ class _State(NamedTuple):
     last_tokens: Array  # [batch, beams]: the token each alive hypothesis ended with
     finished_sequences: Array  # [batch, beams, max_len]
     finished_scores: Array  # [batch, beams]: length-penalised; -inf marks an empty slot
-    cache: Any  # decoder cache with batch * beams rows
+    max_lengths: Array  # [batch] int32: each sentence's output length limit
+    cache: Any  # decoder cache: one row per sentence on axis 0 of every non-scalar leaf
 
 
 def length_penalty(length: Array, alpha: float | Array) -> Array:
@@ -84,14 +86,13 @@ def search(
     max_decode_length: int,
     max_lengths: Array | None = None,
 ) -> BeamSearchResult:
-    """Beam search over `step_fn`, starting from `cache` (batch_size * beam_size rows, the beams
-    of one sentence contiguous). max_lengths [batch] optionally caps each sentence's output
-    length (default max_decode_length). Sizes are static; alpha (>= 0) may be traced."""
+    """Beam search over `step_fn`, starting from `cache` (a pytree whose non-scalar leaves have
+    one row per sentence on axis 0). max_lengths [batch] optionally caps each sentence's output
+    length (default max_decode_length). Sizes are static; alpha (>= 0) may be traced. Finished
+    sentences leave the batch as the search goes (decoding/stages.py)."""
     batch, beams, max_len = batch_size, beam_size, max_decode_length
     if max_lengths is None:
         max_lengths = jnp.full((batch,), max_len, jnp.int32)
-    max_lengths = jnp.minimum(max_lengths, max_len)
-    best_possible_penalty = length_penalty(max_lengths, alpha)[:, None]  # [batch, 1]
 
     # All beams of a sentence start from the begin token, but only the first one is live:
     # otherwise the first step would return `beams` copies of the same extensions.
@@ -104,22 +105,22 @@ def search(
         last_tokens=jnp.full((batch, beams), PAD_ID, jnp.int32),
         finished_sequences=jnp.zeros((batch, beams, max_len), jnp.int32),
         finished_scores=jnp.full((batch, beams), -jnp.inf, jnp.float32),
+        max_lengths=jnp.minimum(max_lengths, max_len),
         cache=cache,
     )
 
     def sentences_done(state: _State) -> Array:
         """[batch] bool: the length limit is reached, or no alive hypothesis can still enter
-        the (full) finished set."""
+        the (full) finished set. Once true it stays true, and the sentence's result is final:
+        log-probabilities only fall, and its finished set takes nothing more."""
+        best_possible_penalty = length_penalty(state.max_lengths, alpha)[:, None]  # [batch, 1]
         best_alive_bound = state.alive_log_probs[:, 0:1] / best_possible_penalty  # alive sorted
         worst_finished = state.finished_scores[:, -1:]  # finished sorted; -inf if not full
         cannot_improve = jnp.all(best_alive_bound < worst_finished, axis=1)
-        return (state.position >= max_lengths) | cannot_improve
-
-    def not_done(state: _State) -> Array:
-        return (state.position < max_len) & ~jnp.all(sentences_done(state))
+        return (state.position >= state.max_lengths) | cannot_improve
 
     def beam_step(state: _State) -> _State:
-        position = state.position
+        position, batch = state.position, state.alive_log_probs.shape[0]
         # 1. Score every one-token extension of every alive hypothesis.
         log_probs, cache = step_fn(state.last_tokens.reshape(batch * beams), state.cache)
         vocab = log_probs.shape[-1]
@@ -162,12 +163,12 @@ def search(
         )
 
         # A sentence past its length limit keeps its state unchanged.
-        active = position < max_lengths  # [batch]
+        active = position < state.max_lengths  # [batch]
         keep = lambda new, old: jnp.where(
             active.reshape((batch,) + (1,) * (new.ndim - 1)), new, old
         )
         stay_in_place = jnp.broadcast_to(jnp.arange(beams), (batch, beams))
-        return _State(
+        return state._replace(
             position=position + 1,
             alive_sequences=keep(alive_sequences, state.alive_sequences),
             alive_log_probs=keep(alive_log_probs, state.alive_log_probs),
@@ -177,11 +178,11 @@ def search(
             cache=reorder_fn(cache, keep(alive_parents, stay_in_place)),
         )
 
-    final = jax.lax.while_loop(not_done, beam_step, initial)
+    final = stages.shrinking_while_loop(sentences_done, beam_step, initial)
 
     # A sentence that finished nothing returns its alive hypotheses, scored at their length.
     has_finished = final.finished_scores[:, 0:1] > -jnp.inf  # [batch, 1]
-    alive_scores = final.alive_log_probs / length_penalty(max_lengths, alpha)[:, None]
+    alive_scores = final.alive_log_probs / length_penalty(final.max_lengths, alpha)[:, None]
     return BeamSearchResult(
         sequences=jnp.where(
             has_finished[:, :, None], final.finished_sequences, final.alive_sequences
@@ -230,10 +231,16 @@ def beam_search(
     """Beam search on the Transformer: inputs [batch, source_length] int32 ->
     BeamSearchResult(sequences [batch, beams, max_decode_length], scores [batch, beams])."""
     cached_model.check_decode_length(model, max_decode_length)
+
+    def step(tokens: Array, decoder: tuple[Array, Cache]) -> tuple[Array, tuple[Array, Cache]]:
+        sources, cache = decoder  # the sentences still in the batch: their inputs and cache
+        log_probs, cache = cached_model.step_log_probs(model, params, sources, cache, tokens)
+        return log_probs, (sources, cache)
+
     return search(
-        lambda tokens, cache: cached_model.step_log_probs(model, params, inputs, cache, tokens),
-        reorder_history,
-        cached_model.start(model, params, inputs, beam_size, max_decode_length),
+        step,
+        lambda decoder, parents: (decoder[0], reorder_history(decoder[1], parents)),
+        (inputs, cached_model.start(model, params, inputs, beam_size, max_decode_length)),
         batch_size=inputs.shape[0],
         beam_size=beam_size,
         alpha=alpha,

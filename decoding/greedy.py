@@ -1,7 +1,8 @@
 """Greedy decoding: at every step, emit the most probable next token.
 
 The decoder runs one position at a time over its key/value cache (`cached_model.step`), inside
-a `jax.lax.while_loop` that ends as soon as every row has emitted EOS or reached its length.
+a while loop that ends as soon as every row has emitted EOS or reached its length; finished rows
+leave the batch as it goes (decoding/stages.py).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from decoding import cached_model
+from decoding import cached_model, stages
 from decoding.cached_model import EOS_ID, PAD_ID
 from model import Transformer
 
@@ -35,27 +36,30 @@ def greedy_search(
         max_lengths = jnp.full((batch,), max_decode_length, jnp.int32)
     cache = cached_model.start(model, params, inputs, 1, max_decode_length)
 
-    # Loop state: (position being written, outputs so far, finished rows, last tokens, cache).
+    # Loop state: (position being written, outputs so far, finished rows, last tokens, inputs,
+    # length limits, cache); finished rows leave the batch as it goes (decoding/stages.py).
     initial = (
         jnp.zeros((), jnp.int32),
         jnp.zeros((batch, max_decode_length), jnp.int32),  # [batch, max_decode_length]
         max_lengths <= 0,  # [batch]
         jnp.full((batch,), PAD_ID, jnp.int32),  # [batch]: the begin token
+        inputs,  # [batch, source_length]
+        max_lengths,  # [batch]
         cache,
     )
 
-    def not_done(state) -> Array:
-        position, _, finished, _, _ = state
-        return (position < max_decode_length) & ~jnp.all(finished)
+    def rows_done(state) -> Array:
+        position, _, finished, *_ = state
+        return finished | (position >= max_decode_length)
 
     def emit_next_token(state):
-        position, tokens, finished, last_tokens, cache = state
+        position, tokens, finished, last_tokens, inputs, max_lengths, cache = state
         logits, cache = cached_model.step(model, params, inputs, cache, last_tokens)
         next_tokens = cached_model.most_probable_tokens(logits)  # [batch]
         next_tokens = jnp.where(finished, PAD_ID, next_tokens)
         tokens = jax.lax.dynamic_update_slice_in_dim(tokens, next_tokens[:, None], position, 1)
         finished = finished | (next_tokens == EOS_ID) | (position + 1 >= max_lengths)
-        return position + 1, tokens, finished, next_tokens, cache
+        return position + 1, tokens, finished, next_tokens, inputs, max_lengths, cache
 
-    _, tokens, _, _, _ = jax.lax.while_loop(not_done, emit_next_token, initial)
+    _, tokens, *_ = stages.shrinking_while_loop(rows_done, emit_next_token, initial)
     return tokens

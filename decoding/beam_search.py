@@ -24,8 +24,9 @@ no finished hypothesis at the end returns its alive ones.
 Transformer. Nothing in the decoder cache moves when hypotheses change parents: each beam slot
 writes its own keys/values, and the cache's `history` says which slot holds each position of
 each hypothesis (the decoder attends through a mask). So after a step only `history`
-[batch, beams, max_len] int32 is reordered. The 2·beam best extensions are found per
-hypothesis first (`top_k_by_chunks`, exact) and then merged: see docs/decoding_speed.md.
+[batch, beams, max_len] int32 is reordered. The 2·beam best extensions of a sentence are
+found among the best chunks of its vocabulary rows (`best_extensions`, exact): see
+docs/decoding_speed.md.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from decoding.cached_model import EOS_ID, PAD_ID
 from model import Cache, Transformer
 
 Array = jax.Array
-# step_fn(tokens [batch * beams], cache) -> (log_probs [batch * beams, vocab], cache)
+# step_fn(tokens [batch * beams], cache) -> (logits [batch * beams, vocab], cache)
 StepFn = Callable[[Array, Any], tuple[Array, Any]]
 # reorder_fn(cache, parents [batch, beams]) -> the cache for the new hypotheses, where new
 # hypothesis (b, k) continues old hypothesis (b, parents[b, k])
@@ -61,6 +62,7 @@ class _State(NamedTuple):
     finished_sequences: Array  # [batch, beams, max_len]
     finished_scores: Array  # [batch, beams]: length-penalised; -inf marks an empty slot
     max_lengths: Array  # [batch] int32: each sentence's output length limit
+    best_ended: Array  # [batch] bool: the best extension of some step ended in EOS
     cache: Any  # decoder cache: one row per sentence on axis 0 of every non-scalar leaf
 
 
@@ -85,11 +87,16 @@ def search(
     alpha: float | Array,
     max_decode_length: int,
     max_lengths: Array | None = None,
+    early_stopping: bool = False,
 ) -> BeamSearchResult:
     """Beam search over `step_fn`, starting from `cache` (a pytree whose non-scalar leaves have
     one row per sentence on axis 0). max_lengths [batch] optionally caps each sentence's output
     length (default max_decode_length). Sizes are static; alpha (>= 0) may be traced. Finished
-    sentences leave the batch as the search goes (decoding/stages.py)."""
+    sentences leave the batch as the search goes (decoding/stages.py).
+
+    early_stopping: a sentence is also done as soon as the best extension of a step ends in
+    EOS (CTranslate2's and OpenNMT's rule), which saves the steps the exact rule spends making
+    sure that no longer hypothesis scores better; the result may then differ from the exact one."""
     batch, beams, max_len = batch_size, beam_size, max_decode_length
     if max_lengths is None:
         max_lengths = jnp.full((batch,), max_len, jnp.int32)
@@ -106,37 +113,29 @@ def search(
         finished_sequences=jnp.zeros((batch, beams, max_len), jnp.int32),
         finished_scores=jnp.full((batch, beams), -jnp.inf, jnp.float32),
         max_lengths=jnp.minimum(max_lengths, max_len),
+        best_ended=jnp.zeros((batch,), bool),
         cache=cache,
     )
 
     def sentences_done(state: _State) -> Array:
         """[batch] bool: the length limit is reached, or no alive hypothesis can still enter
-        the (full) finished set. Once true it stays true, and the sentence's result is final:
-        log-probabilities only fall, and its finished set takes nothing more."""
+        the (full) finished set, or (early_stopping) the best extension of a step ended. Once
+        true it stays true: log-probabilities only fall, and the flag is kept."""
         best_possible_penalty = length_penalty(state.max_lengths, alpha)[:, None]  # [batch, 1]
         best_alive_bound = state.alive_log_probs[:, 0:1] / best_possible_penalty  # alive sorted
         worst_finished = state.finished_scores[:, -1:]  # finished sorted; -inf if not full
         cannot_improve = jnp.all(best_alive_bound < worst_finished, axis=1)
-        return (state.position >= state.max_lengths) | cannot_improve
+        done = (state.position >= state.max_lengths) | cannot_improve
+        return done | state.best_ended if early_stopping else done
 
     def beam_step(state: _State) -> _State:
         position, batch = state.position, state.alive_log_probs.shape[0]
-        # 1. Score every one-token extension of every alive hypothesis.
-        log_probs, cache = step_fn(state.last_tokens.reshape(batch * beams), state.cache)
-        vocab = log_probs.shape[-1]
-
-        # 2. The 2·beams best extensions of each sentence, best first: the best of each
-        # hypothesis, then the best of those (exact: no more than 2·beams come from one).
-        per_row = min(2 * beams, vocab)
-        row_log_probs, row_tokens = top_k_by_chunks(log_probs, per_row)  # [b * beams, per_row]
-        extension_log_probs = state.alive_log_probs[:, :, None] + row_log_probs.reshape(
-            batch, beams, per_row
-        )
-        top_log_probs, top_flat = jax.lax.top_k(
-            extension_log_probs.reshape(batch, beams * per_row), 2 * beams
-        )  # [batch, 2 * beams]
-        top_parents = top_flat // per_row  # which alive hypothesis each extends
-        top_tokens = jnp.take_along_axis(row_tokens.reshape(batch, beams * per_row), top_flat, 1)
+        # 1. Score every one-token extension of every alive hypothesis, and 2. keep the
+        # 2·beams best of each sentence, best first.
+        logits, cache = step_fn(state.last_tokens.reshape(batch * beams), state.cache)
+        top_log_probs, top_parents, top_tokens = best_extensions(
+            logits, state.alive_log_probs, 2 * beams
+        )  # [batch, 2 * beams] each
         top_sequences = jax.lax.dynamic_update_slice_in_dim(
             _gather_beams(state.alive_sequences, top_parents), top_tokens[:, :, None], position, 2
         )  # [batch, 2 * beams, max_len]
@@ -162,8 +161,9 @@ def search(
             jnp.concatenate([state.finished_sequences, top_sequences], axis=1), finished_picks
         )
 
-        # A sentence past its length limit keeps its state unchanged.
-        active = position < state.max_lengths  # [batch]
+        # A done sentence keeps its state unchanged, so its result no longer depends on
+        # what the rest of the batch does.
+        active = ~sentences_done(state)  # [batch]
         keep = lambda new, old: jnp.where(
             active.reshape((batch,) + (1,) * (new.ndim - 1)), new, old
         )
@@ -175,6 +175,7 @@ def search(
             last_tokens=keep(last_tokens, state.last_tokens),
             finished_sequences=keep(finished_sequences, state.finished_sequences),
             finished_scores=keep(finished_scores, state.finished_scores),
+            best_ended=state.best_ended | (active & ends[:, 0]),
             cache=reorder_fn(cache, keep(alive_parents, stay_in_place)),
         )
 
@@ -191,24 +192,43 @@ def search(
     )
 
 
-def top_k_by_chunks(x: Array, k: int, chunk: int = 64) -> tuple[Array, Array]:
-    """jax.lax.top_k(x, k) over the last axis, the same values and indices (ties to the lower
-    index), without a k-selection pass over all of x: XLA:CPU's TopK is slower than a max.
+def best_extensions(
+    logits: Array, alive_log_probs: Array, k: int, chunk: int = 64
+) -> tuple[Array, Array, Array]:
+    """The k best one-token extensions of each sentence, best first, exactly as jax.lax.top_k
+    over alive_log_probs[b, beam] + log_softmax(logits)[b * beams + beam, token] flattened
+    (beam, token), with PAD_ID excluded and ties to the lower (beam, token).
 
-    The k chunks of `chunk` columns with the largest maxima hold the k largest entries (each
-    of those has a chunk maximum at least as large), so top-k runs on those k * chunk only."""
-    n = x.shape[-1]
-    num_chunks = -(-n // chunk)
-    if num_chunks <= k:
-        return jax.lax.top_k(x, k)
-    pad = [(0, 0)] * (x.ndim - 1) + [(0, num_chunks * chunk - n)]
-    chunks = jnp.pad(x, pad, constant_values=-jnp.inf).reshape(*x.shape[:-1], num_chunks, chunk)
-    _, best_chunks = jax.lax.top_k(chunks.max(axis=-1), k)
-    best_chunks = jnp.sort(best_chunks, axis=-1)  # column order, so ties keep the lower index
-    candidates = jnp.take_along_axis(chunks, best_chunks[..., None], axis=-2)  # [..., k, chunk]
-    values, picks = jax.lax.top_k(candidates.reshape(*x.shape[:-1], k * chunk), k)
-    columns = jnp.take_along_axis(best_chunks, picks // chunk, axis=-1) * chunk + picks % chunk
-    return values, columns.astype(jnp.int32)
+    logits [batch * beams, vocab], alive_log_probs [batch, beams] -> (log-probabilities,
+    parent beams, tokens), each [batch, k]. The vocabulary is cut into chunks of `chunk`
+    columns; the k chunks of a sentence with the largest maxima hold its k best extensions
+    (each of those has a chunk maximum at least as large), so the exact top-k runs on those
+    k * chunk candidates only, and the log-softmax is never written out: its normaliser is
+    one reduction per row, added to the candidates."""
+    rows, vocab = logits.shape
+    batch, beams = alive_log_probs.shape
+    num_chunks = -(-vocab // chunk)
+    shift = alive_log_probs.reshape(rows, 1) - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+    scores = cached_model.without_padding(logits)
+    if num_chunks <= k:  # a small vocabulary: every column is a candidate
+        values, flat = jax.lax.top_k((scores + shift).reshape(batch, beams * vocab), k)
+        return values, flat // vocab, (flat % vocab).astype(jnp.int32)
+    padding = ((0, 0), (0, num_chunks * chunk - vocab))
+    chunks = jnp.pad(scores, padding, constant_values=-jnp.inf).reshape(rows, num_chunks, chunk)
+    chunk_scores = chunks.max(axis=-1) + shift  # [rows, num_chunks]
+    _, best_chunks = jax.lax.top_k(chunk_scores.reshape(batch, beams * num_chunks), k)
+    best_chunks = jnp.sort(best_chunks, axis=-1)  # (beam, chunk) order: ties keep the lower
+    candidates = jnp.take_along_axis(
+        chunks.reshape(batch, beams * num_chunks, chunk), best_chunks[..., None], axis=1
+    )  # [batch, k, chunk]
+    parents = best_chunks // num_chunks  # [batch, k]
+    candidates = (
+        candidates + jnp.take_along_axis(shift.reshape(batch, beams), parents, 1)[..., None]
+    )
+    values, picks = jax.lax.top_k(candidates.reshape(batch, k * chunk), k)
+    picked_chunks = jnp.take_along_axis(best_chunks, picks // chunk, axis=-1)
+    tokens = (picked_chunks % num_chunks) * chunk + picks % chunk
+    return values, picked_chunks // num_chunks, tokens.astype(jnp.int32)
 
 
 def reorder_history(cache: Cache, parents: Array) -> Cache:
@@ -227,6 +247,7 @@ def beam_search(
     alpha: float | Array,
     max_decode_length: int,
     max_lengths: Array | None = None,
+    early_stopping: bool = False,
 ) -> BeamSearchResult:
     """Beam search on the Transformer: inputs [batch, source_length] int32 ->
     BeamSearchResult(sequences [batch, beams, max_decode_length], scores [batch, beams])."""
@@ -234,8 +255,8 @@ def beam_search(
 
     def step(tokens: Array, decoder: tuple[Array, Cache]) -> tuple[Array, tuple[Array, Cache]]:
         sources, cache = decoder  # the sentences still in the batch: their inputs and cache
-        log_probs, cache = cached_model.step_log_probs(model, params, sources, cache, tokens)
-        return log_probs, (sources, cache)
+        logits, cache = cached_model.step(model, params, sources, cache, tokens)
+        return logits, (sources, cache)
 
     return search(
         step,
@@ -246,4 +267,5 @@ def beam_search(
         alpha=alpha,
         max_decode_length=max_decode_length,
         max_lengths=max_lengths,
+        early_stopping=early_stopping,
     )

@@ -10,7 +10,14 @@ from flax import linen as nn
 from data.special_tokens import EOS_ID, PAD_ID
 from model import Cache, Transformer
 
-__all__ = ["EOS_ID", "PAD_ID", "check_decode_length", "next_token_log_probs", "start", "step"]
+__all__ = [
+    "EOS_ID",
+    "PAD_ID",
+    "check_decode_length",
+    "start",
+    "step",
+    "without_padding",
+]
 
 Array = jax.Array
 
@@ -50,28 +57,14 @@ def step(
     )
 
 
-def step_log_probs(
-    model: Transformer, params, inputs: Array, cache: Cache, tokens: Array
-) -> tuple[Array, Cache]:
-    """`step`, returning next_token_log_probs [rows, vocab] instead of the logits."""
-    logits, cache = step(model, params, inputs, cache, tokens)
-    return next_token_log_probs(logits), cache
-
-
-def next_token_log_probs(logits: Array) -> Array:
-    """logits [rows, vocab] -> log-probabilities, with PAD_ID impossible (-inf).
-
-    PAD_ID gets -inf: padding is never an output, so a zero in an output sequence always
-    means "after EOS" (or "after the length limit"). An elementwise select rather than a
-    scatter, so that XLA fuses it into whatever reads the result."""
-    return _without_padding(jax.nn.log_softmax(logits, axis=-1))
-
-
 def most_probable_tokens(logits: Array) -> Array:
     """logits [rows, vocab] -> the most probable non-padding token of each row [rows] int32
-    (the argmax of next_token_log_probs, without computing the softmax)."""
-    return jnp.argmax(_without_padding(logits), axis=-1).astype(jnp.int32)
+    (the argmax of the log-softmax, without computing it)."""
+    return jnp.argmax(without_padding(logits), axis=-1).astype(jnp.int32)
 
 
-def _without_padding(scores: Array) -> Array:
+def without_padding(scores: Array) -> Array:
+    """scores [rows, vocab] with PAD_ID's column at -inf. Padding is never an output, so a
+    zero in an output sequence always means "after EOS" (or "after the length limit"). An
+    elementwise select rather than a scatter, so that XLA fuses it into whatever reads it."""
     return jnp.where(jnp.arange(scores.shape[-1]) == PAD_ID, -jnp.inf, scores)

@@ -36,7 +36,9 @@ class Tokenizer(Protocol):
         """Text of `ids`, stopping at EOS."""
 
 
-@functools.partial(jax.jit, static_argnames=("model", "beam_size", "max_decode_length"))
+@functools.partial(
+    jax.jit, static_argnames=("model", "beam_size", "max_decode_length", "early_stopping")
+)
 def _translate_tokens(
     model: Transformer,
     params,
@@ -46,6 +48,7 @@ def _translate_tokens(
     *,
     beam_size: int,
     max_decode_length: int,
+    early_stopping: bool,
 ) -> Array:
     if beam_size == 1:
         return greedy_search(model, params, inputs, max_decode_length, max_lengths)
@@ -57,6 +60,7 @@ def _translate_tokens(
         alpha=alpha,
         max_decode_length=max_decode_length,
         max_lengths=max_lengths,
+        early_stopping=early_stopping,
     )
     return result.sequences[:, 0, :]  # the best hypothesis of each sentence
 
@@ -70,12 +74,15 @@ def translate_tokens(
     alpha: float,
     max_decode_length: int,
     max_lengths: Array | np.ndarray | None = None,
+    early_stopping: bool = False,
 ) -> Array:
     """inputs [batch, source_length] int32 (0 = padding) -> the best output of each sentence,
     [batch, max_decode_length] int32 with EOS kept and zeros after it.
 
     beam_size 1 is greedy search (alpha unused); more is beam search with the GNMT length
-    penalty alpha. max_lengths [batch] optionally caps each row's output length. Compiled once
+    penalty alpha; early_stopping ends a sentence's beam search as soon as the best extension of
+    a step ends (see decoding/beam_search.py). max_lengths [batch] optionally caps each row's
+    output length. Compiled once
     per (model, beam_size, max_decode_length, input shape); params may be sharded over a mesh.
     """
     if beam_size < 1:
@@ -93,6 +100,7 @@ def translate_tokens(
         jnp.float32(alpha),
         beam_size=beam_size,
         max_decode_length=max_decode_length,
+        early_stopping=early_stopping,
     )
 
 
@@ -182,6 +190,7 @@ def translate_texts(
             alpha=settings.alpha,
             max_decode_length=min(source_length + max_extra_length, model_max),
             max_lengths=max_lengths,
+            early_stopping=settings.early_stopping,
         )
         outputs = _fetch(outputs)
         for row, i in enumerate(batch):

@@ -24,7 +24,7 @@ from decoding import (
     translate_tokens,
 )
 from decoding import translator as translator_module
-from decoding.beam_search import top_k_by_chunks
+from decoding.beam_search import best_extensions
 from decoding.reference import uncached_greedy_search
 from decoding.settings import DecodeSettings
 from model import Transformer, TransformerConfig
@@ -276,19 +276,35 @@ def test_beam_search_matches_plain_python_beam_search(beams, alpha, max_len, see
         assert got[: len(expected)] == [seq for _, seq in expected]
 
 
-@pytest.mark.parametrize("n, k, chunk", [(1000, 8, 64), (130, 4, 16), (64, 8, 8), (40, 3, 64)])
-def test_top_k_by_chunks_equals_lax_top_k(n, k, chunk):
-    """Same values and indices as jax.lax.top_k, ties (to the lower index) and -inf included."""
-    rng = np.random.default_rng(n)
-    x = rng.integers(0, 6, (5, n)).astype(np.float32)  # many ties
-    x[1] = rng.normal(size=n)
-    x[2, : n - 2] = -np.inf  # only two finite entries, at the end
-    x[3] = -np.inf
-    got_values, got_indices = top_k_by_chunks(jnp.asarray(x), k, chunk)
-    values, indices = jax.lax.top_k(jnp.asarray(x), k)
-    np.testing.assert_array_equal(np.asarray(got_values), np.asarray(values))
-    np.testing.assert_array_equal(np.asarray(got_indices), np.asarray(indices))
-    assert set(np.asarray(got_indices)[2, :2]) == {n - 2, n - 1}  # the finite ones first
+@pytest.mark.parametrize(
+    "vocab, beams, chunk", [(1000, 4, 64), (130, 2, 16), (64, 4, 8), (40, 3, 64)]
+)
+def test_best_extensions_equal_a_full_sort_in_float64(vocab, beams, chunk):
+    """The 2·beams best (beam, token) of each sentence by alive + log_softmax, PAD excluded:
+    the same as a stable float64 sort of every extension, ties (to the lower beam, then the
+    lower token) and empty (-inf) beams included."""
+    rng = np.random.default_rng(vocab)
+    batch, k = 4, 2 * beams
+    logits = rng.normal(size=(batch, beams, vocab))
+    logits[0] = rng.integers(0, 6, vocab)  # sentence 0: every beam the same, many ties
+    logits[1, :, : vocab - 3] = -30.0  # sentence 1: three likely tokens, at the end
+    alive = rng.normal(size=(batch, beams)) - 1.0
+    alive[0] = -2.0
+    alive[2, 1:] = -np.inf  # sentence 2: one live beam (as at the first step)
+    logits, alive = logits.astype(np.float32), alive.astype(np.float32)
+
+    values, parents, tokens = best_extensions(
+        jnp.asarray(logits.reshape(batch * beams, vocab)), jnp.asarray(alive), k, chunk
+    )
+    log_probs = logits.astype(np.float64)
+    log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))  # PAD in the normaliser
+    log_probs[..., PAD_ID] = -np.inf
+    flat = (alive[..., None] + log_probs).reshape(batch, beams * vocab)
+    order = np.argsort(-flat, axis=-1, kind="stable")[:, :k]
+    np.testing.assert_allclose(values, np.take_along_axis(flat, order, -1), rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(parents), order // vocab)
+    np.testing.assert_array_equal(np.asarray(tokens), order % vocab)
+    assert set(np.asarray(tokens)[1]) <= {vocab - 3, vocab - 2, vocab - 1}  # from the last chunk
 
 
 def test_beam_search_on_sharded_parameters_matches_one_device(small):

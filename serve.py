@@ -81,6 +81,12 @@ _MAX_EXTRA_LENGTH = flags.DEFINE_integer(
     None,
     "Outputs are at most input length + this many subwords (default: config.decode).",
 )
+_EARLY_STOPPING = flags.DEFINE_bool(
+    "early_stopping",
+    None,
+    "Beam search: stop a sentence once the best extension of a step ends (faster, not "
+    "exact; CTranslate2 always does). Default: config.decode.early_stopping, else off.",
+)
 _MAX_INPUT_LENGTH = flags.DEFINE_integer(
     "max_input_length",
     None,
@@ -135,6 +141,7 @@ def decode_overrides() -> dict:
         "beam_size": _BEAM_SIZE.value,
         "alpha": _ALPHA.value,
         "max_extra_length": _MAX_EXTRA_LENGTH.value,
+        "early_stopping": _EARLY_STOPPING.value,
     }
 
 

@@ -76,6 +76,12 @@ _MAX_EXTRA_LENGTH = flags.DEFINE_integer(
     None,
     "Outputs are at most input length + this many subwords (default: config.decode).",
 )
+_EARLY_STOPPING = flags.DEFINE_bool(
+    "early_stopping",
+    None,
+    "Beam search: stop a sentence once the best extension of a step ends, as CTranslate2 "
+    "does; faster, not exact (default: config.decode.early_stopping, else off).",
+)
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", None, "Sentences decoded together (default: config.decode.batch_size)."
 )
@@ -176,9 +182,12 @@ def decode_settings(decode_config: Any) -> DecodeSettings:
             alpha=_ALPHA.value,
             max_extra_length=_MAX_EXTRA_LENGTH.value,
             batch_size=_BATCH_SIZE.value,
+            early_stopping=_EARLY_STOPPING.value,
         )
     except DecodeSettingsError as error:
-        flag_names = "--strategy, --beam_size, --alpha, --max_extra_length, --batch_size"
+        flag_names = (
+            "--strategy, --beam_size, --alpha, --max_extra_length, --batch_size, --early_stopping"
+        )
         fail(f"{str(error).rstrip('.')} (decoding flags: {flag_names}).")
 
 

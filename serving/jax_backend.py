@@ -91,6 +91,7 @@ class JaxBackend:
             alpha=self.settings.alpha,
             max_decode_length=min(bucket + self.settings.max_extra_length, model_max),
             max_lengths=max_lengths,
+            early_stopping=self.settings.early_stopping,
         )
         return np.asarray(jax.device_get(outputs))
 

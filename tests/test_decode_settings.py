@@ -56,6 +56,7 @@ def test_overrides_and_the_strategy():
         ({}, {"max_extra_length": -1}, "max_extra_length must be an integer >= 0, got -1"),
         ({}, {"batch_size": 0}, "batch_size must be a positive integer, got 0"),
         ({"batch_size": 2.5}, {}, "batch_size must be a positive integer, got 2.5"),
+        ({"early_stopping": "yes"}, {}, "early_stopping must be True or False, got 'yes'"),
         ({}, {"beam": 4}, "Unknown decode setting(s) ['beam']: choose from ['strategy',"),
     ],
 )

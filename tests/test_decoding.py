@@ -116,9 +116,12 @@ def brute_force(model, params, source, max_len: int, alpha: float) -> list[tuple
     return sorted(scored, key=lambda item: -item[0])
 
 
-def python_beam_search(model, params, source, beams: int, max_len: int, alpha: float):
-    """The documented algorithm, written plainly and run to max_len without early stopping.
-    Returns [(score, sequence)] best first, at most `beams`."""
+def python_beam_search(
+    model, params, source, beams: int, max_len: int, alpha: float, early_stopping: bool = False
+):
+    """The documented algorithm, written plainly and run to max_len, or with early_stopping
+    until the best candidate of a step ends. Returns [(score, sequence)] best first, at most
+    `beams`."""
     alive = [(0.0, ())]  # (log P, tokens), best first
     finished = []
     for t in range(max_len):
@@ -137,6 +140,8 @@ def python_beam_search(model, params, source, beams: int, max_len: int, alpha: f
             if seq[-1] == EOS_ID:
                 finished.append((lp / gnmt_penalty(t + 1, alpha), seq))
         alive = [c for c in candidates if c[1][-1] != EOS_ID][:beams]
+        if early_stopping and candidates[0][1][-1] == EOS_ID:
+            break
     if finished:
         return sorted(finished, key=lambda item: -item[0])[:beams]
     return [(lp / gnmt_penalty(max_len, alpha), seq) for lp, seq in alive]
@@ -144,7 +149,9 @@ def python_beam_search(model, params, source, beams: int, max_len: int, alpha: f
 
 # Jitted once per model config and static size; alpha and max_lengths are traced.
 jit_greedy = jax.jit(greedy_search, static_argnames=("model", "max_decode_length"))
-jit_beam = jax.jit(beam_search, static_argnames=("model", "beam_size", "max_decode_length"))
+jit_beam = jax.jit(
+    beam_search, static_argnames=("model", "beam_size", "max_decode_length", "early_stopping")
+)
 
 
 def unpadded(row) -> tuple:
@@ -257,18 +264,26 @@ def test_exhaustive_beam_search_finds_the_brute_force_best(alpha):
 
 
 @pytest.mark.parametrize(
-    "beams, alpha, max_len, seed", [(2, 0.6, 5, 7), (4, 0.0, 6, 8), (4, 1.0, 6, 9)]
+    "beams, alpha, max_len, seed, early_stopping",
+    [(2, 0.6, 5, 7, False), (4, 0.0, 6, 8, False), (4, 1.0, 6, 9, False), (3, 1.0, 7, 10, True)],
 )
-def test_beam_search_matches_plain_python_beam_search(beams, alpha, max_len, seed):
-    """Same hypotheses and scores as the float64 reference, which never stops early."""
+def test_beam_search_matches_plain_python_beam_search(beams, alpha, max_len, seed, early_stopping):
+    """Same hypotheses and scores as the float64 reference, which runs every step (the exact
+    rule stops only when that changes nothing) or stops where the early rule says."""
     model, params = random_model(vocab_size=8, max_length=8, seed=seed, sharpness=3.0)
     inputs = random_inputs(seed, batch=4, length=5, vocab_size=8)
     result = jit_beam(
-        model, params, inputs, beam_size=beams, alpha=alpha, max_decode_length=max_len
+        model,
+        params,
+        inputs,
+        beam_size=beams,
+        alpha=alpha,
+        max_decode_length=max_len,
+        early_stopping=early_stopping,
     )
     for sentence in range(inputs.shape[0]):
         expected = python_beam_search(
-            model, params, np.asarray(inputs[sentence]), beams, max_len, alpha
+            model, params, np.asarray(inputs[sentence]), beams, max_len, alpha, early_stopping
         )
         scores = np.asarray(result.scores[sentence])
         np.testing.assert_allclose(scores[: len(expected)], [s for s, _ in expected], atol=1e-4)

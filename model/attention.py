@@ -97,13 +97,36 @@ def write_cache(
     return keys, values
 
 
+KV_PREFIXES_PER_CACHE = 4  # cached self-attention reads 1/4, 2/4, 3/4 or all of the cache
+
+
 def cached_attention(
     query: Array,  # [batch, rows, heads, head_dim]: one position of each of `rows` hypotheses
     keys: Array,  # [batch, heads, head_dim, kv_len]
     values: Array,  # [batch, heads, kv_len, head_dim]
     mask: Array,  # bool [batch, rows or 1, kv_len]; True = attend
+    columns_in_use: Array | None = None,  # scalar int: columns >= this are all masked
 ) -> Array:
-    """softmax(q Kᵀ / √d_k) V for one query position -> [batch, rows, heads, head_dim]."""
+    """softmax(q Kᵀ / √d_k) V for one query position -> [batch, rows, heads, head_dim].
+
+    With `columns_in_use`, only the smallest of KV_PREFIXES_PER_CACHE static prefixes of the
+    cache that holds them is read (a `lax.switch`): a decoding step early in the output skips
+    the cache's empty tail. Masked columns weigh exactly 0, so the result is the same."""
+    kv_len = keys.shape[-1]
+    prefixes = sorted(
+        {-(-kv_len * i // KV_PREFIXES_PER_CACHE) for i in range(1, KV_PREFIXES_PER_CACHE + 1)}
+    )
+    if columns_in_use is None or len(prefixes) == 1:
+        return _attend_columns(query, keys, values, mask)
+    branches = [
+        lambda q, k, v, m, n=n: _attend_columns(q, k[..., :n], v[:, :, :n], m[..., :n])
+        for n in prefixes
+    ]
+    branch = jnp.sum(jnp.asarray(prefixes[:-1]) < columns_in_use)  # smallest prefix >= used
+    return jax.lax.switch(branch, branches, query, keys, values, mask)
+
+
+def _attend_columns(query: Array, keys: Array, values: Array, mask: Array) -> Array:
     query = query * jnp.asarray(query.shape[-1] ** -0.5, query.dtype)
     logits = jnp.einsum(
         "bqhd,bhdk->bhqk", query, keys, preferred_element_type=jnp.float32
@@ -211,12 +234,19 @@ class MultiHeadAttention(nn.Module):
         y = project(out, self._cast(self.out_kernel), num_contracting=2)  # [batch, q_len, embed]
         return nn.with_logical_constraint(y, ("batch", "length", "embed"))
 
-    def attend_cached(self, q: Array, keys: Array, values: Array, mask: Array) -> Array:
+    def attend_cached(
+        self,
+        q: Array,
+        keys: Array,
+        values: Array,
+        mask: Array,
+        columns_in_use: Array | None = None,
+    ) -> Array:
         """One decoding step: q [batch * rows, 1, heads, head_dim] against a per-sentence
         cache (`cached_attention`), then W^O. Returns [batch * rows, 1, embed]."""
         batch = keys.shape[0]
         q = q.reshape(batch, -1, *q.shape[2:])  # [batch, rows, heads, head_dim]
-        out = cached_attention(q, keys, values, mask)
+        out = cached_attention(q, keys, values, mask, columns_in_use)
         out = out.reshape(-1, 1, *out.shape[2:])  # [batch * rows, 1, heads, head_dim]
         return project(out, self._cast(self.out_kernel), num_contracting=2)
 

@@ -153,7 +153,9 @@ class DecoderLayer(nn.Module):
             q, k, v = self.self_attention.project_qkv(y)
             keys, values = write_cache(cache["self_key"], cache["self_value"], k, v, index)
             new_entries["self_key"], new_entries["self_value"] = keys, values
-            return self.self_attention.attend_cached(q, keys, values, self_mask)
+            # Columns l * beams + slot for l <= index are the written ones.
+            written = (index + 1) * self_mask.shape[1]
+            return self.self_attention.attend_cached(q, keys, values, self_mask, written)
 
         def cross_attend(y: Array) -> Array:
             q = self.cross_attention.project_query(y)

@@ -14,12 +14,14 @@ float32, --threads intra-op threads. The greedy outputs of the two are compared 
 (`greedy_same_tokens`), a check that the two compute the same model.
 
 With --workdir: the real path. Ours is `decoding.translate_texts` (what translate.py calls, with
-the checkpoint's config.decode unless --beam_sizes/--alpha say otherwise) on every line of a
-Multi30k split; CTranslate2 translates the same lines, tokenized with the same sentencepiece
-model, from its export of the checkpoint, in batches of the same size and with the longest
-allowed output (longest input + max_extra_length); both include tokenization and
+the checkpoint's config.decode unless --beam_sizes/--alpha/--early_stopping say otherwise) on
+every line of a Multi30k split; CTranslate2 translates the same lines, tokenized with the same
+sentencepiece model, from its export of the checkpoint, in batches of the same size and with
+the longest allowed output (longest input + max_extra_length); both include tokenization and
 detokenization. sacreBLEU of both outputs is printed too. CTranslate2's length penalty is
-score / length^alpha, ours GNMT's ((5 + length) / 6)^alpha, so outputs may differ slightly.
+score / length^alpha, ours GNMT's ((5 + length) / 6)^alpha, and CTranslate2 always stops a
+sentence once a step's best hypothesis ends (ours only with --early_stopping; by default ours
+stops when nothing can still change the result), so outputs may differ slightly.
 
 Every function is compiled and run once first; then all are timed round-robin --repeats times,
 so that load from other processes falls on all alike. Medians (and ranges) are printed; the
@@ -84,6 +86,12 @@ _BEAM_SIZES = flags.DEFINE_list(
     "beam_sizes", None, "Beam sizes timed; 1 = greedy (default 4,1; with --workdir config.decode)."
 )
 _ALPHA = flags.DEFINE_float("alpha", None, "Length penalty (default 0.6 or config.decode).")
+_EARLY_STOPPING = flags.DEFINE_bool(
+    "early_stopping",
+    None,
+    "Ours with --workdir: beam search stops a sentence once a step's best extension ends, "
+    "CTranslate2's rule (default: config.decode.early_stopping).",
+)
 _THREADS = flags.DEFINE_integer("threads", 2, "CTranslate2 intra-op threads.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs of each function (median printed).")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the JSON to this file.")
@@ -225,7 +233,10 @@ def real_path() -> dict:
     """The newest checkpoint of --workdir on a Multi30k split: translate_texts vs CTranslate2."""
     restored = restoring.restore_for_translation(_WORKDIR.value)
     configured = DecodeSettings.from_config(
-        restored.config.decode, alpha=_ALPHA.value, batch_size=_BATCH_SIZE.value
+        restored.config.decode,
+        alpha=_ALPHA.value,
+        batch_size=_BATCH_SIZE.value,
+        early_stopping=_EARLY_STOPPING.value,
     )
     beam_sizes = [int(b) for b in (_BEAM_SIZES.value or [str(configured.beam_size)])]
     alpha, batch = configured.alpha, configured.batch_size
@@ -284,6 +295,7 @@ def real_path() -> dict:
             "batch_size": batch,
             "alpha": alpha,
             "max_extra_length": max_extra_length,
+            "early_stopping": configured.early_stopping,
         },
         "results": results,
     }

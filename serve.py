@@ -84,8 +84,9 @@ _MAX_EXTRA_LENGTH = flags.DEFINE_integer(
 _EARLY_STOPPING = flags.DEFINE_bool(
     "early_stopping",
     None,
-    "Beam search: stop a sentence once the best extension of a step ends (faster, not "
-    "exact; CTranslate2 always does). Default: config.decode.early_stopping, else off.",
+    "Beam search: stop a sentence once its best finished hypothesis beats its best alive one "
+    "ended at the next step (faster, not exact; the CTranslate2 backend always stops early). "
+    "Default: config.decode.early_stopping, else off.",
 )
 _MAX_INPUT_LENGTH = flags.DEFINE_integer(
     "max_input_length",

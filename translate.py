@@ -79,8 +79,8 @@ _MAX_EXTRA_LENGTH = flags.DEFINE_integer(
 _EARLY_STOPPING = flags.DEFINE_bool(
     "early_stopping",
     None,
-    "Beam search: stop a sentence once the best extension of a step ends, as CTranslate2 "
-    "does; faster, not exact (default: config.decode.early_stopping, else off).",
+    "Beam search: stop a sentence once its best finished hypothesis beats its best alive one "
+    "ended at the next step; faster, not exact (default: config.decode.early_stopping, else off).",
 )
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", None, "Sentences decoded together (default: config.decode.batch_size)."

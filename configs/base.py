@@ -108,6 +108,6 @@ def get_config() -> ml_collections.ConfigDict:
     decode.alpha = 0.6  # GNMT length penalty ((5 + len) / 6)^alpha; paper: 0.6
     decode.max_extra_length = 50  # output may be up to input length + this (paper: 50)
     decode.batch_size = 64  # sentences decoded together
-    decode.early_stopping = False  # beam: exact stop (True: once a step's best ends, faster)
+    decode.early_stopping = False  # beam: exact stop; True stops sooner (faster, not exact)
 
     return config

@@ -62,7 +62,7 @@ class _State(NamedTuple):
     finished_sequences: Array  # [batch, beams, max_len]
     finished_scores: Array  # [batch, beams]: length-penalised; -inf marks an empty slot
     max_lengths: Array  # [batch] int32: each sentence's output length limit
-    best_ended: Array  # [batch] bool: the best extension of some step ended in EOS
+    stopped_early: Array  # [batch] bool: the early rule has held at some step
     cache: Any  # decoder cache: one row per sentence on axis 0 of every non-scalar leaf
 
 
@@ -94,9 +94,11 @@ def search(
     length (default max_decode_length). Sizes are static; alpha (>= 0) may be traced. Finished
     sentences leave the batch as the search goes (decoding/stages.py).
 
-    early_stopping: a sentence is also done as soon as the best extension of a step ends in
-    EOS (CTranslate2's and OpenNMT's rule), which saves the steps the exact rule spends making
-    sure that no longer hypothesis scores better; the result may then differ from the exact one."""
+    early_stopping: a sentence is also done as soon as its best finished hypothesis scores at
+    least as well as its best alive one would if that ended at the next step: the exact rule's
+    bound at the current length instead of the length limit. It saves the steps spent making
+    sure that no longer hypothesis scores better, as CTranslate2 saves them (it stops once the
+    best hypothesis of a step ends); the result may then differ from the exact one."""
     batch, beams, max_len = batch_size, beam_size, max_decode_length
     if max_lengths is None:
         max_lengths = jnp.full((batch,), max_len, jnp.int32)
@@ -113,20 +115,20 @@ def search(
         finished_sequences=jnp.zeros((batch, beams, max_len), jnp.int32),
         finished_scores=jnp.full((batch, beams), -jnp.inf, jnp.float32),
         max_lengths=jnp.minimum(max_lengths, max_len),
-        best_ended=jnp.zeros((batch,), bool),
+        stopped_early=jnp.zeros((batch,), bool),
         cache=cache,
     )
 
     def sentences_done(state: _State) -> Array:
         """[batch] bool: the length limit is reached, or no alive hypothesis can still enter
-        the (full) finished set, or (early_stopping) the best extension of a step ended. Once
-        true it stays true: log-probabilities only fall, and the flag is kept."""
+        the (full) finished set, or (early_stopping) the early rule has held. Once true it
+        stays true: log-probabilities only fall, and the flag is kept."""
         best_possible_penalty = length_penalty(state.max_lengths, alpha)[:, None]  # [batch, 1]
         best_alive_bound = state.alive_log_probs[:, 0:1] / best_possible_penalty  # alive sorted
         worst_finished = state.finished_scores[:, -1:]  # finished sorted; -inf if not full
         cannot_improve = jnp.all(best_alive_bound < worst_finished, axis=1)
         done = (state.position >= state.max_lengths) | cannot_improve
-        return done | state.best_ended if early_stopping else done
+        return done | state.stopped_early if early_stopping else done
 
     def beam_step(state: _State) -> _State:
         position, batch = state.position, state.alive_log_probs.shape[0]
@@ -161,6 +163,12 @@ def search(
             jnp.concatenate([state.finished_sequences, top_sequences], axis=1), finished_picks
         )
 
+        # The early rule: the best finished beats the best alive ended at the next step.
+        best_finished = finished_scores[:, 0]
+        early_rule = (best_finished > -jnp.inf) & (
+            best_finished >= alive_log_probs[:, 0] / length_penalty(position + 2, alpha)
+        )
+
         # A done sentence keeps its state unchanged, so its result no longer depends on
         # what the rest of the batch does.
         active = ~sentences_done(state)  # [batch]
@@ -175,7 +183,7 @@ def search(
             last_tokens=keep(last_tokens, state.last_tokens),
             finished_sequences=keep(finished_sequences, state.finished_sequences),
             finished_scores=keep(finished_scores, state.finished_scores),
-            best_ended=state.best_ended | (active & ends[:, 0]),
+            stopped_early=state.stopped_early | (active & early_rule),
             cache=reorder_fn(cache, keep(alive_parents, stay_in_place)),
         )
 

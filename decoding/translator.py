@@ -80,8 +80,8 @@ def translate_tokens(
     [batch, max_decode_length] int32 with EOS kept and zeros after it.
 
     beam_size 1 is greedy search (alpha unused); more is beam search with the GNMT length
-    penalty alpha; early_stopping ends a sentence's beam search as soon as the best extension of
-    a step ends (see decoding/beam_search.py). max_lengths [batch] optionally caps each row's
+    penalty alpha; early_stopping ends a sentence's beam search before the exact rule does
+    (see decoding/beam_search.py). max_lengths [batch] optionally caps each row's
     output length. Compiled once
     per (model, beam_size, max_decode_length, input shape); params may be sharded over a mesh.
     """

@@ -20,8 +20,8 @@ sentencepiece model, from its export of the checkpoint, in batches of the same s
 the longest allowed output (longest input + max_extra_length); both include tokenization and
 detokenization. sacreBLEU of both outputs is printed too. CTranslate2's length penalty is
 score / length^alpha, ours GNMT's ((5 + length) / 6)^alpha, and CTranslate2 always stops a
-sentence once a step's best hypothesis ends (ours only with --early_stopping; by default ours
-stops when nothing can still change the result), so outputs may differ slightly.
+sentence once a step's best hypothesis ends (ours stops early only with --early_stopping; by
+default it stops when nothing can still change the result), so outputs may differ slightly.
 
 Every function is compiled and run once first; then all are timed round-robin --repeats times,
 so that load from other processes falls on all alike. Medians (and ranges) are printed; the
@@ -89,8 +89,8 @@ _ALPHA = flags.DEFINE_float("alpha", None, "Length penalty (default 0.6 or confi
 _EARLY_STOPPING = flags.DEFINE_bool(
     "early_stopping",
     None,
-    "Ours with --workdir: beam search stops a sentence once a step's best extension ends, "
-    "CTranslate2's rule (default: config.decode.early_stopping).",
+    "Ours with --workdir: beam search stops a sentence once its best finished hypothesis "
+    "beats its best alive one ended at the next step (default: config.decode.early_stopping).",
 )
 _THREADS = flags.DEFINE_integer("threads", 2, "CTranslate2 intra-op threads.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs of each function (median printed).")

@@ -120,8 +120,8 @@ def python_beam_search(
     model, params, source, beams: int, max_len: int, alpha: float, early_stopping: bool = False
 ):
     """The documented algorithm, written plainly and run to max_len, or with early_stopping
-    until the best candidate of a step ends. Returns [(score, sequence)] best first, at most
-    `beams`."""
+    until the best finished hypothesis beats the best alive one ended at the next step.
+    Returns [(score, sequence)] best first, at most `beams`."""
     alive = [(0.0, ())]  # (log P, tokens), best first
     finished = []
     for t in range(max_len):
@@ -140,7 +140,8 @@ def python_beam_search(
             if seq[-1] == EOS_ID:
                 finished.append((lp / gnmt_penalty(t + 1, alpha), seq))
         alive = [c for c in candidates if c[1][-1] != EOS_ID][:beams]
-        if early_stopping and candidates[0][1][-1] == EOS_ID:
+        best_finished = max((score for score, _ in finished), default=-np.inf)
+        if early_stopping and alive and best_finished >= alive[0][0] / gnmt_penalty(t + 2, alpha):
             break
     if finished:
         return sorted(finished, key=lambda item: -item[0])[:beams]

@@ -2,7 +2,7 @@
 
 A `jax.lax.while_loop` keeps one shape for its whole run, so a plain loop decodes every sentence
 of a batch at every step until the last one is done. `shrinking_while_loop` runs the loop in
-stages over fewer and fewer sentences (e.g. 64, 32, 16, 8): a stage ends as soon as no more
+stages over fewer and fewer sentences (e.g. 64, 32, 16): a stage ends as soon as no more
 sentences are unfinished than the next stage has rows for; the unfinished ones are then
 gathered, in order, into the next stage's smaller arrays, and every sentence's state is written
 back to a full-size copy at its own row. All stages are one compiled program, so the shapes stay
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-MAX_STAGES = 4  # a batch is halved at most three times: 64 -> 32 -> 16 -> 8 sentences
+MAX_STAGES = 3  # a batch is halved at most twice (64 -> 32 -> 16): each stage is more to compile
 
 
 def stage_sizes(batch_size: int) -> list[int]:

@@ -185,12 +185,12 @@ def load_jax_backend() -> Backend:
     or the checkpoint's config.decode."""
     import jax
 
-    if _COMPILATION_CACHE_DIR.value:
-        jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE_DIR.value)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    from decoding import keep_compiled_decoders
     from serving.jax_backend import JaxBackend
     from training import partitioning, restoring
 
+    if _COMPILATION_CACHE_DIR.value:
+        keep_compiled_decoders(_COMPILATION_CACHE_DIR.value)
     mesh = None
     if _MESH_SHAPE.value:
         shape = [int(size) for size in _MESH_SHAPE.value]  # checked by check_flags

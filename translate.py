@@ -32,7 +32,13 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from decoding import attention_plot, line_translation, scoring, translate_texts
+from decoding import (
+    attention_plot,
+    keep_compiled_decoders,
+    line_translation,
+    scoring,
+    translate_texts,
+)
 from decoding.settings import STRATEGIES, DecodeSettings, DecodeSettingsError, max_input_length
 from training import averaging, partitioning, restoring
 from training.errors import ConfigError
@@ -81,6 +87,12 @@ _EARLY_STOPPING = flags.DEFINE_bool(
     None,
     "Beam search: stop a sentence once its best finished hypothesis beats its best alive one "
     "ended at the next step; faster, not exact (default: config.decode.early_stopping, else off).",
+)
+_COMPILATION_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir",
+    None,
+    "Keep compiled decoders in this folder (JAX's persistent compilation cache): a later run "
+    "with the same model and settings skips most of the compilation.",
 )
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", None, "Sentences decoded together (default: config.decode.batch_size)."
@@ -330,6 +342,8 @@ def main(argv: Sequence[str]) -> None:
     check_flags()
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    if _COMPILATION_CACHE_DIR.value:
+        keep_compiled_decoders(_COMPILATION_CACHE_DIR.value)
     try:
         restored = restore()
         settings = decode_settings(restored.config.decode)

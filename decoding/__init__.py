@@ -7,6 +7,7 @@ from decoding.greedy import greedy_search
 from decoding.settings import DecodeSettings, DecodeSettingsError
 from decoding.translator import (
     cross_attention_weights,
+    keep_compiled_decoders,
     translate_texts,
     translate_tokens,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "beam_search",
     "cross_attention_weights",
     "greedy_search",
+    "keep_compiled_decoders",
     "length_penalty",
     "translate_texts",
     "translate_tokens",

@@ -104,6 +104,14 @@ def translate_tokens(
     )
 
 
+def keep_compiled_decoders(directory: str) -> None:
+    """Turns on JAX's persistent compilation cache in `directory`: a later process decoding
+    with the same model, settings and shapes loads the compiled programs instead of compiling
+    them again (one per source-length bucket, seconds each on a CPU)."""
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def encode_texts(
     tokenizer: Tokenizer, texts: Sequence[str], max_input_length: int
 ) -> tuple[list[list[int]], int]:

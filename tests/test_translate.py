@@ -206,6 +206,20 @@ def test_average_save_and_attention_plot_through_the_command(workdir, tmp_path):
         averaging.save_average(average_dir, 3, saved, {}, b"", [3], source=workdir)
 
 
+def test_compilation_cache_is_written_and_reused(workdir, tmp_path):
+    """--compilation_cache_dir fills the folder on the first run; the second run, loading from
+    it, translates the same."""
+    cache = tmp_path / "compiled"
+    args = [f"--workdir={workdir}", f"--compilation_cache_dir={cache}"]
+    first = finish(translate_cli(args, stdin=b"seven hundred and two\n"))
+    assert first[0] == 0, first[2][-3000:]
+    entries = sorted(path.name for path in cache.iterdir())
+    assert entries, "nothing was cached"
+    second = finish(translate_cli(args, stdin=b"seven hundred and two\n"))
+    assert second[0] == 0 and second[1] == first[1]
+    assert sorted(path.name for path in cache.iterdir()) == entries  # nothing new to compile
+
+
 def test_averaging_identical_checkpoints_is_the_identity(workdir):
     params = restoring.restore_for_translation(workdir).params
     averaged = averaging.average_params([params, params, params])

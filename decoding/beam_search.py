@@ -88,11 +88,13 @@ def search(
     max_decode_length: int,
     max_lengths: Array | None = None,
     early_stopping: bool = False,
+    max_stages: int = stages.MAX_STAGES,
 ) -> BeamSearchResult:
     """Beam search over `step_fn`, starting from `cache` (a pytree whose non-scalar leaves have
     one row per sentence on axis 0). max_lengths [batch] optionally caps each sentence's output
     length (default max_decode_length). Sizes are static; alpha (>= 0) may be traced. Finished
-    sentences leave the batch as the search goes (decoding/stages.py).
+    sentences leave the batch as the search goes, in at most `max_stages` stages
+    (decoding/stages.py).
 
     early_stopping: a sentence is also done as soon as its best finished hypothesis scores at
     least as well as its best alive one would if that ended at the next step: the exact rule's
@@ -187,7 +189,7 @@ def search(
             cache=reorder_fn(cache, keep(alive_parents, stay_in_place)),
         )
 
-    final = stages.shrinking_while_loop(sentences_done, beam_step, initial)
+    final = stages.shrinking_while_loop(sentences_done, beam_step, initial, max_stages)
 
     # A sentence that finished nothing returns its alive hypotheses, scored at their length.
     has_finished = final.finished_scores[:, 0:1] > -jnp.inf  # [batch, 1]
@@ -256,6 +258,7 @@ def beam_search(
     max_decode_length: int,
     max_lengths: Array | None = None,
     early_stopping: bool = False,
+    max_stages: int = stages.MAX_STAGES,
 ) -> BeamSearchResult:
     """Beam search on the Transformer: inputs [batch, source_length] int32 ->
     BeamSearchResult(sequences [batch, beams, max_decode_length], scores [batch, beams])."""
@@ -276,4 +279,5 @@ def beam_search(
         max_decode_length=max_decode_length,
         max_lengths=max_lengths,
         early_stopping=early_stopping,
+        max_stages=max_stages,
     )

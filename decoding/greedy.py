@@ -23,12 +23,14 @@ def greedy_search(
     inputs: Array,
     max_decode_length: int,
     max_lengths: Array | None = None,
+    max_stages: int = stages.MAX_STAGES,
 ) -> Array:
     """inputs [batch, source_length] int32 -> tokens [batch, max_decode_length] int32.
 
     Each row holds its output tokens, EOS included, then zeros. A row that reaches its length
     (max_lengths[row] if given, else max_decode_length) without EOS simply ends there.
-    Pure and jit-friendly: `max_decode_length` must be static.
+    Finished rows leave the batch in at most `max_stages` stages (decoding/stages.py). Pure and
+    jit-friendly: `max_decode_length` and `max_stages` must be static.
     """
     cached_model.check_decode_length(model, max_decode_length)
     batch = inputs.shape[0]
@@ -61,5 +63,5 @@ def greedy_search(
         finished = finished | (next_tokens == EOS_ID) | (position + 1 >= max_lengths)
         return position + 1, tokens, finished, next_tokens, inputs, max_lengths, cache
 
-    _, tokens, *_ = stages.shrinking_while_loop(rows_done, emit_next_token, initial)
+    _, tokens, *_ = stages.shrinking_while_loop(rows_done, emit_next_token, initial, max_stages)
     return tokens

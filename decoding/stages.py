@@ -26,25 +26,32 @@ Array = jax.Array
 MAX_STAGES = 3  # a batch is halved at most twice (64 -> 32 -> 16): each stage is more to compile
 
 
-def stage_sizes(batch_size: int) -> list[int]:
+def stage_sizes(batch_size: int, max_stages: int = MAX_STAGES) -> list[int]:
     """The sentences each stage decodes: the batch, then halves while they split evenly."""
     sizes = [batch_size]
-    while len(sizes) < MAX_STAGES and sizes[-1] % 2 == 0:
+    while len(sizes) < max_stages and sizes[-1] % 2 == 0:
         sizes.append(sizes[-1] // 2)
     return sizes
 
 
 def shrinking_while_loop(
-    sentences_done: Callable[[Any], Array], body: Callable[[Any], Any], state: Any
+    sentences_done: Callable[[Any], Array],
+    body: Callable[[Any], Any],
+    state: Any,
+    max_stages: int = MAX_STAGES,
 ) -> Any:
     """Runs `state = body(state)` until every sentence is done, on ever fewer sentences.
 
     state: a pytree whose leaves are scalars (shared by all sentences, e.g. the position) or
     arrays with one row per sentence on axis 0; body must work for any number of rows.
-    sentences_done(state) -> [sentences] bool. Returns the final state of every sentence, in
+    sentences_done(state) -> [sentences] bool. max_stages 1 is one plain loop over the batch
+    (for a batch split over devices, where gathering sentences would move them between
+    devices). Returns the final state of every sentence, in
     the original order (scalars: their values at the end)."""
     batch_size = jnp.shape(sentences_done(state))[0]
-    sizes = stage_sizes(batch_size)
+    sizes = stage_sizes(batch_size, max_stages)
+    if len(sizes) == 1:  # one plain loop; no scatter back, which would lose a row sharding
+        return jax.lax.while_loop(lambda s: ~jnp.all(sentences_done(s)), body, state)
     full = state
     sentence_ids = jnp.arange(batch_size)  # the row of `full` each row of `state` belongs to
     for next_size in sizes[1:] + [0]:

@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Sharding
 
 from data.special_tokens import cut_at_eos, truncate_keeping_eos
+from decoding import stages
 from decoding.beam_search import beam_search
 from decoding.greedy import greedy_search
 from decoding.settings import DecodeSettings
@@ -37,7 +38,8 @@ class Tokenizer(Protocol):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("model", "beam_size", "max_decode_length", "early_stopping")
+    jax.jit,
+    static_argnames=("model", "beam_size", "max_decode_length", "early_stopping", "max_stages"),
 )
 def _translate_tokens(
     model: Transformer,
@@ -49,9 +51,10 @@ def _translate_tokens(
     beam_size: int,
     max_decode_length: int,
     early_stopping: bool,
+    max_stages: int,
 ) -> Array:
     if beam_size == 1:
-        return greedy_search(model, params, inputs, max_decode_length, max_lengths)
+        return greedy_search(model, params, inputs, max_decode_length, max_lengths, max_stages)
     result = beam_search(
         model,
         params,
@@ -61,6 +64,7 @@ def _translate_tokens(
         max_decode_length=max_decode_length,
         max_lengths=max_lengths,
         early_stopping=early_stopping,
+        max_stages=max_stages,
     )
     return result.sequences[:, 0, :]  # the best hypothesis of each sentence
 
@@ -101,7 +105,16 @@ def translate_tokens(
         beam_size=beam_size,
         max_decode_length=max_decode_length,
         early_stopping=early_stopping,
+        max_stages=1 if _split_over_devices(inputs) else stages.MAX_STAGES,
     )
+
+
+def _split_over_devices(inputs: Array) -> bool:
+    """Whether the batch's rows are spread over several devices. Each device then decodes only
+    its rows, and finished sentences stay in the batch: dropping them would gather sentences
+    from every device onto every device."""
+    sharding = inputs.sharding
+    return len(sharding.device_set) > 1 and not sharding.is_fully_replicated
 
 
 def keep_compiled_decoders(directory: str) -> None:

@@ -165,15 +165,16 @@ def search(
             jnp.concatenate([state.finished_sequences, top_sequences], axis=1), finished_picks
         )
 
-        # The early rule: the best finished beats the best alive ended at the next step.
-        best_finished = finished_scores[:, 0]
-        early_rule = (best_finished > -jnp.inf) & (
-            best_finished >= alive_log_probs[:, 0] / length_penalty(position + 2, alpha)
-        )
-
         # A done sentence keeps its state unchanged, so its result no longer depends on
         # what the rest of the batch does.
         active = ~sentences_done(state)  # [batch]
+        stopped_early = state.stopped_early
+        if early_stopping:  # the best finished beats the best alive ended at the next step
+            best_finished = finished_scores[:, 0]
+            early_rule = (best_finished > -jnp.inf) & (
+                best_finished >= alive_log_probs[:, 0] / length_penalty(position + 2, alpha)
+            )
+            stopped_early = stopped_early | (active & early_rule)
         keep = lambda new, old: jnp.where(
             active.reshape((batch,) + (1,) * (new.ndim - 1)), new, old
         )
@@ -185,7 +186,7 @@ def search(
             last_tokens=keep(last_tokens, state.last_tokens),
             finished_sequences=keep(finished_sequences, state.finished_sequences),
             finished_scores=keep(finished_scores, state.finished_scores),
-            stopped_early=state.stopped_early | (active & early_rule),
+            stopped_early=stopped_early,
             cache=reorder_fn(cache, keep(alive_parents, stay_in_place)),
         )
 

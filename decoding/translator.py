@@ -85,9 +85,9 @@ def translate_tokens(
 
     beam_size 1 is greedy search (alpha unused); more is beam search with the GNMT length
     penalty alpha; early_stopping ends a sentence's beam search before the exact rule does
-    (see decoding/beam_search.py). max_lengths [batch] optionally caps each row's
-    output length. Compiled once
-    per (model, beam_size, max_decode_length, input shape); params may be sharded over a mesh.
+    (see decoding/beam_search.py). max_lengths [batch] optionally caps each row's output
+    length. Compiled once per (model, beam_size, max_decode_length, early_stopping, input
+    shape); params may be sharded over a mesh.
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}.")

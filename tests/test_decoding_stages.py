@@ -56,6 +56,19 @@ def test_shrinking_loop_equals_one_loop_over_the_batch(seed):
         assert rows == 4 or unfinished > rows // 2
 
 
+def test_one_stage_is_the_plain_loop():
+    """max_stages=1 (a batch split over devices): every step sees the whole batch."""
+    limits = jnp.asarray([3, 0, 7, 1], jnp.int32)
+    initial = (jnp.int32(0), jnp.zeros(4, jnp.int32), limits, jnp.zeros((4, 2), jnp.int32))
+    done = lambda state: state[1] >= state[2]
+    ROWS_SEEN.clear()
+    got = jax.jit(lambda s: stages.shrinking_while_loop(done, counting_body, s, 1))(initial)
+    jax.effects_barrier()
+    assert ROWS_SEEN == [4] * 7
+    np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(limits))
+    np.testing.assert_array_equal(np.asarray(got[3])[:, 0], [6, 0, 28, 1])  # 1 + ... + limit
+
+
 def test_nothing_runs_when_every_row_is_done():
     ROWS_SEEN.clear()
     limits = jnp.zeros(8, jnp.int32)

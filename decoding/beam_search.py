@@ -13,10 +13,13 @@ Each sentence keeps `beam_size` *alive* hypotheses (still growing) and the `beam
      scored log P(y) / lp(|y|) with lp(n) = ((5 + n) / 6)^alpha (|y| counts EOS), and merged
      into the finished set, which keeps its `beam` best.
 
-Rule 4 (as in fairseq) makes beam size 1 with alpha 0 exactly greedy search. A sentence is done
-when its length limit is reached, or when its finished set is full and no alive hypothesis can
-still beat the worst finished one: log-probabilities only fall as a hypothesis grows, so the best
-an alive hypothesis can reach is log P(alive) / lp(limit). Done sentences leave the batch as
+Rule 4 (as in fairseq) makes beam size 1 with alpha 0 exactly greedy search. The search
+returns each sentence's `num_hypotheses` best finished hypotheses (1 for a translation, up to
+`beam` for an n-best list). A sentence is done when its length limit is reached, or when it has
+`num_hypotheses` finished ones and no alive hypothesis can still beat the last of them:
+log-probabilities only fall as a hypothesis grows, so the best an alive hypothesis, or any
+hypothesis grown from it, can reach is log P(alive) / lp(limit). The result is exact: what
+further steps would add ranks below those returned. Done sentences leave the batch as
 the search goes (decoding/stages.py), and it stops when every sentence is done. A sentence with
 no finished hypothesis at the end returns its alive ones.
 
@@ -50,8 +53,8 @@ ReorderFn = Callable[[Any, Array], Any]
 
 
 class BeamSearchResult(NamedTuple):
-    sequences: Array  # [batch, beams, max_decode_length] int32, EOS kept, then zeros
-    scores: Array  # [batch, beams] float32: log P / lp(length), best first
+    sequences: Array  # [batch, num_hypotheses, max_decode_length] int32, EOS kept, then zeros
+    scores: Array  # [batch, num_hypotheses] float32: log P / lp(length), best first
 
 
 class _State(NamedTuple):
@@ -87,14 +90,16 @@ def search(
     alpha: float | Array,
     max_decode_length: int,
     max_lengths: Array | None = None,
+    num_hypotheses: int | None = None,
     early_stopping: bool = False,
     max_stages: int = stages.MAX_STAGES,
 ) -> BeamSearchResult:
     """Beam search over `step_fn`, starting from `cache` (a pytree whose non-scalar leaves have
     one row per sentence on axis 0). max_lengths [batch] optionally caps each sentence's output
-    length (default max_decode_length). Sizes are static; alpha (>= 0) may be traced. Finished
-    sentences leave the batch as the search goes, in at most `max_stages` stages
-    (decoding/stages.py).
+    length (default max_decode_length). num_hypotheses (1 to beam_size, default beam_size): how
+    many of each sentence's best hypotheses are returned; fewer stop sooner. Sizes are static;
+    alpha (>= 0) may be traced. Finished sentences leave the batch as the search goes, in at
+    most `max_stages` stages (decoding/stages.py).
 
     early_stopping: a sentence is also done as soon as its best finished hypothesis scores at
     least as well as its best alive one would if that ended at the next step: the exact rule's
@@ -102,6 +107,9 @@ def search(
     sure that no longer hypothesis scores better, as CTranslate2 saves them (it stops once the
     best hypothesis of a step ends); the result may then differ from the exact one."""
     batch, beams, max_len = batch_size, beam_size, max_decode_length
+    num_hypotheses = beams if num_hypotheses is None else num_hypotheses
+    if not 1 <= num_hypotheses <= beams:
+        raise ValueError(f"num_hypotheses must be 1 to beam_size ({beams}), got {num_hypotheses}.")
     if max_lengths is None:
         max_lengths = jnp.full((batch,), max_len, jnp.int32)
 
@@ -123,12 +131,12 @@ def search(
 
     def sentences_done(state: _State) -> Array:
         """[batch] bool: the length limit is reached, or no alive hypothesis can still enter
-        the (full) finished set, or (early_stopping) the early rule has held. Once true it
-        stays true: log-probabilities only fall, and the flag is kept."""
-        best_possible_penalty = length_penalty(state.max_lengths, alpha)[:, None]  # [batch, 1]
-        best_alive_bound = state.alive_log_probs[:, 0:1] / best_possible_penalty  # alive sorted
-        worst_finished = state.finished_scores[:, -1:]  # finished sorted; -inf if not full
-        cannot_improve = jnp.all(best_alive_bound < worst_finished, axis=1)
+        the returned best finished ones, or (early_stopping) the early rule has held. Once
+        true it stays true: log-probabilities only fall, and the flag is kept."""
+        best_possible_penalty = length_penalty(state.max_lengths, alpha)  # [batch]
+        best_alive_bound = state.alive_log_probs[:, 0] / best_possible_penalty  # alive sorted
+        last_returned = state.finished_scores[:, num_hypotheses - 1]  # sorted; -inf if absent
+        cannot_improve = best_alive_bound < last_returned
         done = (state.position >= state.max_lengths) | cannot_improve
         return done | state.stopped_early if early_stopping else done
 
@@ -195,12 +203,9 @@ def search(
     # A sentence that finished nothing returns its alive hypotheses, scored at their length.
     has_finished = final.finished_scores[:, 0:1] > -jnp.inf  # [batch, 1]
     alive_scores = final.alive_log_probs / length_penalty(final.max_lengths, alpha)[:, None]
-    return BeamSearchResult(
-        sequences=jnp.where(
-            has_finished[:, :, None], final.finished_sequences, final.alive_sequences
-        ),
-        scores=jnp.where(has_finished, final.finished_scores, alive_scores),
-    )
+    sequences = jnp.where(has_finished[:, :, None], final.finished_sequences, final.alive_sequences)
+    scores = jnp.where(has_finished, final.finished_scores, alive_scores)
+    return BeamSearchResult(sequences[:, :num_hypotheses], scores[:, :num_hypotheses])
 
 
 def best_extensions(
@@ -258,11 +263,13 @@ def beam_search(
     alpha: float | Array,
     max_decode_length: int,
     max_lengths: Array | None = None,
+    num_hypotheses: int | None = None,
     early_stopping: bool = False,
     max_stages: int = stages.MAX_STAGES,
 ) -> BeamSearchResult:
     """Beam search on the Transformer: inputs [batch, source_length] int32 ->
-    BeamSearchResult(sequences [batch, beams, max_decode_length], scores [batch, beams])."""
+    BeamSearchResult(sequences [batch, n, max_decode_length], scores [batch, n]), the n =
+    num_hypotheses (default beam_size) best hypotheses of each sentence."""
     cached_model.check_decode_length(model, max_decode_length)
 
     def step(tokens: Array, decoder: tuple[Array, Cache]) -> tuple[Array, tuple[Array, Cache]]:
@@ -279,6 +286,7 @@ def beam_search(
         alpha=alpha,
         max_decode_length=max_decode_length,
         max_lengths=max_lengths,
+        num_hypotheses=num_hypotheses,
         early_stopping=early_stopping,
         max_stages=max_stages,
     )

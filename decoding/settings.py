@@ -8,7 +8,7 @@ The strategy is 'greedy' (one hypothesis, the most probable next token at every 
 'beam' (`beam_size` hypotheses, ranked with the GNMT length penalty `alpha`). A config gives a
 beam size only: beam size 1 means greedy. Asking for the strategy by name sets the beam size
 accordingly (greedy -> 1); a beam search needs a beam of at least 2. A beam search stops a
-sentence when no hypothesis can beat its finished ones (exact), or with `early_stopping` as soon
+sentence when no hypothesis can beat its best finished one (exact), or with `early_stopping` as soon
 as its best finished hypothesis beats its best alive one ended at the next step, which is faster
 and not exact, as CTranslate2's stopping is (docs/decoding_speed.md).
 """

@@ -63,10 +63,11 @@ def _translate_tokens(
         alpha=alpha,
         max_decode_length=max_decode_length,
         max_lengths=max_lengths,
+        num_hypotheses=1,  # the search stops once no hypothesis can beat a sentence's best
         early_stopping=early_stopping,
         max_stages=max_stages,
     )
-    return result.sequences[:, 0, :]  # the best hypothesis of each sentence
+    return result.sequences[:, 0, :]
 
 
 def translate_tokens(

@@ -151,7 +151,8 @@ def python_beam_search(
 # Jitted once per model config and static size; alpha and max_lengths are traced.
 jit_greedy = jax.jit(greedy_search, static_argnames=("model", "max_decode_length"))
 jit_beam = jax.jit(
-    beam_search, static_argnames=("model", "beam_size", "max_decode_length", "early_stopping")
+    beam_search,
+    static_argnames=("model", "beam_size", "max_decode_length", "num_hypotheses", "early_stopping"),
 )
 
 
@@ -228,6 +229,16 @@ def test_search_stops_early_when_every_row_has_finished(small):
     assert STEPS == [0, 1]
     assert np.all(np.asarray(result.sequences)[:, 0, 0] == EOS_ID)
 
+    STEPS.clear()  # asked for the best one only, the search has it after step 0
+    best = beam_search(
+        ends_early, params, inputs, beam_size=2, alpha=0.6, max_decode_length=12, num_hypotheses=1
+    )
+    jax.block_until_ready(best)
+    jax.effects_barrier()
+    assert STEPS == [0]
+    assert best.sequences.shape == (3, 1, 12) and best.scores.shape == (3, 1)
+    np.testing.assert_array_equal(np.asarray(best.sequences[:, 0]), result.sequences[:, 0])
+
 
 # ------------------------------------------------------------------ beam search
 
@@ -290,6 +301,33 @@ def test_beam_search_matches_plain_python_beam_search(beams, alpha, max_len, see
         np.testing.assert_allclose(scores[: len(expected)], [s for s, _ in expected], atol=1e-4)
         got = [unpadded(row) for row in np.asarray(result.sequences[sentence])]
         assert got[: len(expected)] == [seq for _, seq in expected]
+
+
+@pytest.mark.parametrize(
+    "beams, alpha, max_len, seed",
+    [(2, 0.6, 5, 7), (4, 1.0, 6, 9), (3, 2.0, 7, 11), (5, 1.0, 7, 12)],
+)
+def test_one_hypothesis_is_the_best_of_the_search_run_to_the_end(beams, alpha, max_len, seed):
+    """num_hypotheses=1 stops once nothing can beat a sentence's best finished hypothesis; that
+    one is the float64 reference's best, which runs every step."""
+    model, params = random_model(vocab_size=8, max_length=8, seed=seed, sharpness=3.0)
+    inputs = random_inputs(seed, batch=6, length=5, vocab_size=8)
+    result = jit_beam(
+        model,
+        params,
+        inputs,
+        beam_size=beams,
+        alpha=alpha,
+        max_decode_length=max_len,
+        num_hypotheses=1,
+    )
+    assert result.sequences.shape == (6, 1, max_len)
+    for sentence in range(inputs.shape[0]):
+        expected = python_beam_search(
+            model, params, np.asarray(inputs[sentence]), beams, max_len, alpha, False
+        )
+        np.testing.assert_allclose(result.scores[sentence, 0], expected[0][0], atol=1e-4)
+        assert unpadded(np.asarray(result.sequences[sentence, 0])) == expected[0][1]
 
 
 @pytest.mark.parametrize(
@@ -430,6 +468,10 @@ def test_bad_arguments_are_clear_errors(small):
         translate_tokens(model, params, inputs, beam_size=2, alpha=0.6, max_decode_length=17)
     with pytest.raises(ValueError, match="beam_size"):
         translate_tokens(model, params, inputs, beam_size=0, alpha=0.6, max_decode_length=8)
+    with pytest.raises(ValueError, match=r"num_hypotheses must be 1 to beam_size \(2\), got 3"):
+        beam_search(
+            model, params, inputs, beam_size=2, alpha=0.6, max_decode_length=8, num_hypotheses=3
+        )
     with pytest.raises(ValueError, match="max_input_length=20"):
         translate_texts(
             model,

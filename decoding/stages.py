@@ -2,7 +2,7 @@
 
 A `jax.lax.while_loop` keeps one shape for its whole run, so a plain loop decodes every sentence
 of a batch at every step until the last one is done. `shrinking_while_loop` runs the loop in
-stages over fewer and fewer sentences (e.g. 64, 32, 16): a stage ends as soon as no more
+stages over fewer and fewer sentences (e.g. 64, 32, 8): a stage ends as soon as no more
 sentences are unfinished than the next stage has rows for; the unfinished ones are then
 gathered, in order, into the next stage's smaller arrays, and every sentence's state is written
 back to a full-size copy at its own row. All stages are one compiled program, so the shapes stay
@@ -23,14 +23,21 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-MAX_STAGES = 3  # a batch is halved at most twice (64 -> 32 -> 16): each stage is more to compile
+# Stage k decodes batch_size / STAGE_DIVISORS[k] sentences (64 -> 32 -> 8). Each stage is more
+# to compile; a small last stage is what saves the most: the last few sentences of a batch are
+# often much longer than the rest (docs/decoding_speed.md).
+STAGE_DIVISORS = (1, 2, 8)
+MAX_STAGES = len(STAGE_DIVISORS)
 
 
 def stage_sizes(batch_size: int, max_stages: int = MAX_STAGES) -> list[int]:
-    """The sentences each stage decodes: the batch, then halves while they split evenly."""
-    sizes = [batch_size]
-    while len(sizes) < max_stages and sizes[-1] % 2 == 0:
-        sizes.append(sizes[-1] // 2)
+    """The sentences each stage decodes: batch_size / STAGE_DIVISORS[k], for the first
+    max_stages divisors, while they divide the batch evenly."""
+    sizes = []
+    for divisor in STAGE_DIVISORS[:max_stages]:
+        if batch_size % divisor:
+            break
+        sizes.append(batch_size // divisor)
     return sizes
 
 

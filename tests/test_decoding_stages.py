@@ -10,7 +10,7 @@ from decoding import stages
 
 
 @pytest.mark.parametrize(
-    "batch_size, sizes", [(64, [64, 32, 16]), (12, [12, 6, 3]), (5, [5]), (1, [1])]
+    "batch_size, sizes", [(64, [64, 32, 8]), (16, [16, 8, 2]), (12, [12, 6]), (5, [5]), (1, [1])]
 )
 def test_stage_sizes(batch_size, sizes):
     assert stages.stage_sizes(batch_size) == sizes
@@ -47,13 +47,14 @@ def test_shrinking_loop_equals_one_loop_over_the_batch(seed):
     jax.effects_barrier()
     for got_leaf, expected_leaf in zip(got, expected, strict=True):
         np.testing.assert_array_equal(np.asarray(got_leaf), np.asarray(expected_leaf))
-    assert ROWS_SEEN[0] == 16 and ROWS_SEEN[-1] == 4  # 16 -> 8 -> 4 rows
+    assert ROWS_SEEN[0] == 16 and ROWS_SEEN[-1] == 2  # 16 -> 8 -> 2 rows
     assert len(ROWS_SEEN) == 29  # the same number of steps as the plain loop
     # A stage holds every unfinished row, and runs while they outnumber the next stage's rows.
+    next_rows = {16: 8, 8: 2, 2: 0}
     for step, rows in enumerate(ROWS_SEEN):
         unfinished = int(np.sum(np.asarray(limits) > step))
         assert unfinished <= rows
-        assert rows == 4 or unfinished > rows // 2
+        assert unfinished > next_rows[rows]
 
 
 def test_one_stage_is_the_plain_loop():

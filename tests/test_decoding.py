@@ -336,12 +336,13 @@ def test_one_hypothesis_is_the_best_of_the_search_run_to_the_end(beams, alpha, m
 def test_best_extensions_equal_a_full_sort_in_float64(vocab, beams, chunk):
     """The 2·beams best (beam, token) of each sentence by alive + log_softmax, PAD excluded:
     the same as a stable float64 sort of every extension, ties (to the lower beam, then the
-    lower token) and empty (-inf) beams included."""
+    lower token), empty (-inf) beams and a PAD that dominates the normaliser included."""
     rng = np.random.default_rng(vocab)
     batch, k = 4, 2 * beams
     logits = rng.normal(size=(batch, beams, vocab))
     logits[0] = rng.integers(0, 6, vocab)  # sentence 0: every beam the same, many ties
     logits[1, :, : vocab - 3] = -30.0  # sentence 1: three likely tokens, at the end
+    logits[3, :, PAD_ID] = 20.0  # sentence 3: PAD by far the likeliest, and never chosen
     alive = rng.normal(size=(batch, beams)) - 1.0
     alive[0] = -2.0
     alive[2, 1:] = -np.inf  # sentence 2: one live beam (as at the first step)

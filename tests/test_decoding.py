@@ -276,12 +276,25 @@ def test_exhaustive_beam_search_finds_the_brute_force_best(alpha):
 
 
 @pytest.mark.parametrize(
-    "beams, alpha, max_len, seed, early_stopping",
-    [(2, 0.6, 5, 7, False), (4, 0.0, 6, 8, False), (4, 1.0, 6, 9, False), (3, 1.0, 7, 10, True)],
+    "beams, alpha, max_len, seed, early_stopping, num_hypotheses",
+    [
+        (2, 0.6, 5, 7, False, None),
+        (4, 0.0, 6, 8, False, None),
+        (4, 1.0, 6, 9, False, None),
+        (3, 1.0, 7, 10, True, None),
+        (2, 0.6, 5, 7, False, 1),
+        (4, 1.0, 6, 9, False, 1),
+        (3, 2.0, 7, 11, False, 1),
+        (4, 0.0, 6, 9, False, 2),  # fails if the search stops on its best hypothesis only
+    ],
 )
-def test_beam_search_matches_plain_python_beam_search(beams, alpha, max_len, seed, early_stopping):
+def test_beam_search_matches_plain_python_beam_search(
+    beams, alpha, max_len, seed, early_stopping, num_hypotheses
+):
     """Same hypotheses and scores as the float64 reference, which runs every step (the exact
-    rule stops only when that changes nothing) or stops where the early rule says."""
+    rule stops only when that changes nothing) or stops where the early rule says. With
+    num_hypotheses, the search stops once nothing can enter its n best, which are then the
+    reference's n best."""
     model, params = random_model(vocab_size=8, max_length=8, seed=seed, sharpness=3.0)
     inputs = random_inputs(seed, batch=4, length=5, vocab_size=8)
     result = jit_beam(
@@ -291,43 +304,18 @@ def test_beam_search_matches_plain_python_beam_search(beams, alpha, max_len, see
         beam_size=beams,
         alpha=alpha,
         max_decode_length=max_len,
+        num_hypotheses=num_hypotheses,
         early_stopping=early_stopping,
     )
+    assert result.sequences.shape == (4, num_hypotheses or beams, max_len)
     for sentence in range(inputs.shape[0]):
         expected = python_beam_search(
             model, params, np.asarray(inputs[sentence]), beams, max_len, alpha, early_stopping
-        )
+        )[:num_hypotheses]
         scores = np.asarray(result.scores[sentence])
         np.testing.assert_allclose(scores[: len(expected)], [s for s, _ in expected], atol=1e-4)
         got = [unpadded(row) for row in np.asarray(result.sequences[sentence])]
         assert got[: len(expected)] == [seq for _, seq in expected]
-
-
-@pytest.mark.parametrize(
-    "beams, alpha, max_len, seed",
-    [(2, 0.6, 5, 7), (4, 1.0, 6, 9), (3, 2.0, 7, 11), (5, 1.0, 7, 12)],
-)
-def test_one_hypothesis_is_the_best_of_the_search_run_to_the_end(beams, alpha, max_len, seed):
-    """num_hypotheses=1 stops once nothing can beat a sentence's best finished hypothesis; that
-    one is the float64 reference's best, which runs every step."""
-    model, params = random_model(vocab_size=8, max_length=8, seed=seed, sharpness=3.0)
-    inputs = random_inputs(seed, batch=6, length=5, vocab_size=8)
-    result = jit_beam(
-        model,
-        params,
-        inputs,
-        beam_size=beams,
-        alpha=alpha,
-        max_decode_length=max_len,
-        num_hypotheses=1,
-    )
-    assert result.sequences.shape == (6, 1, max_len)
-    for sentence in range(inputs.shape[0]):
-        expected = python_beam_search(
-            model, params, np.asarray(inputs[sentence]), beams, max_len, alpha, False
-        )
-        np.testing.assert_allclose(result.scores[sentence, 0], expected[0][0], atol=1e-4)
-        assert unpadded(np.asarray(result.sequences[sentence, 0])) == expected[0][1]
 
 
 @pytest.mark.parametrize(

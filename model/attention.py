@@ -3,7 +3,8 @@
 `dot_product_attention` is the pure formula. `MultiHeadAttention` owns the projections
 W^Q, W^K, W^V (fused into one kernel for self-attention) and W^O, and exposes the pieces
 that cached decoding needs: projecting keys/values once, and attending with given ones
-(`attend_cached` over a per-sentence cache: `to_cache_layout`, `write_cache`).
+(`attend_cached` over a per-sentence cache: `to_cache_layout`, `empty_cache_blocks`,
+`write_cache`).
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ def dot_product_attention(
 # values per *sentence*, in the layouts XLA:CPU's batched matrix products read directly
 # (no per-step transposes): keys [batch, heads, head_dim, kv_len], values [batch, heads,
 # kv_len, head_dim]. The hypotheses (beams) of a sentence are the rows of one product.
+# The self-attention cache is stored in CACHE_BLOCKS blocks of consecutive positions, so that a
+# step early in the output reads only the blocks written so far, whole (a prefix slice of one
+# array would be a copy).
+
+CACHE_BLOCKS = 4  # self-attention cache blocks: a step reads 1, 2, 3 or all 4 of them
 
 
 def to_cache_layout(keys: Array, values: Array) -> tuple[Array, Array]:
@@ -80,60 +86,100 @@ def to_cache_layout(keys: Array, values: Array) -> tuple[Array, Array]:
     return keys.transpose(0, 2, 3, 1), values.transpose(0, 2, 1, 3)
 
 
-def write_cache(
-    keys: Array,  # [batch, heads, head_dim, max_len * beams]
-    values: Array,  # [batch, heads, max_len * beams, head_dim]
-    new_keys: Array,  # [batch * beams, 1, heads, head_dim]: position `index` of every beam
-    new_values: Array,  # [batch * beams, 1, heads, head_dim]
-    index: Array,  # scalar int: the position being written
-) -> tuple[Array, Array]:
-    """Writes position `index` of every beam in place: column index * beams + beam."""
-    batch, heads, head_dim = keys.shape[:3]
-    new_keys = new_keys.reshape(batch, -1, heads, head_dim)  # [batch, beams, heads, head_dim]
-    new_values = new_values.reshape(batch, -1, heads, head_dim)
-    start = index * new_keys.shape[1]
-    keys = jax.lax.dynamic_update_slice_in_dim(keys, new_keys.transpose(0, 2, 3, 1), start, 3)
-    values = jax.lax.dynamic_update_slice_in_dim(values, new_values.transpose(0, 2, 1, 3), start, 2)
+def empty_cache_blocks(
+    batch: int, heads: int, head_dim: int, max_len: int, beams: int, dtype
+) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
+    """Zeroed self-attention keys and values for max_len positions of `beams` slots each, in
+    blocks of about max_len / CACHE_BLOCKS positions: keys ([batch, heads, head_dim, columns],
+    ...), values ([batch, heads, columns, head_dim], ...), columns = block positions * beams,
+    column l * beams + slot for position l (counted from the block's first position)."""
+    bounds = sorted({-(-max_len * i // CACHE_BLOCKS) for i in range(CACHE_BLOCKS + 1)})
+    widths = [(end - begin) * beams for begin, end in zip(bounds[:-1], bounds[1:], strict=True)]
+    keys = tuple(jnp.zeros((batch, heads, head_dim, width), dtype) for width in widths)
+    values = tuple(jnp.zeros((batch, heads, width, head_dim), dtype) for width in widths)
     return keys, values
 
 
-KV_PREFIXES_PER_CACHE = 4  # cached self-attention reads 1/4, 2/4, 3/4 or all of the cache
+def write_cache(
+    keys: tuple[Array, ...],  # blocks [batch, heads, head_dim, columns]
+    values: tuple[Array, ...],  # blocks [batch, heads, columns, head_dim]
+    new_keys: Array,  # [batch * beams, 1, heads, head_dim]: position `index` of every beam
+    new_values: Array,  # [batch * beams, 1, heads, head_dim]
+    index: Array,  # scalar int: the position being written
+) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
+    """Writes position `index` of every beam in place: column index * beams + beam, in the block
+    that holds it (every other block rewrites one of its columns with itself)."""
+    batch, heads, head_dim = keys[0].shape[:3]
+    new_keys = new_keys.reshape(batch, -1, heads, head_dim)  # [batch, beams, heads, head_dim]
+    new_values = new_values.reshape(batch, -1, heads, head_dim)
+    beams = new_keys.shape[1]
+    new_keys, new_values = new_keys.transpose(0, 2, 3, 1), new_values.transpose(0, 2, 1, 3)
+    start, block_start = index * beams, 0
+    written_keys, written_values = [], []
+    for block_keys, block_values in zip(keys, values, strict=True):
+        width = block_keys.shape[3]
+        here = (start >= block_start) & (start < block_start + width)
+        offset = jnp.clip(start - block_start, 0, width - beams)
+        old_keys = jax.lax.dynamic_slice_in_dim(block_keys, offset, beams, 3)
+        old_values = jax.lax.dynamic_slice_in_dim(block_values, offset, beams, 2)
+        written_keys.append(
+            jax.lax.dynamic_update_slice_in_dim(
+                block_keys, jnp.where(here, new_keys, old_keys), offset, 3
+            )
+        )
+        written_values.append(
+            jax.lax.dynamic_update_slice_in_dim(
+                block_values, jnp.where(here, new_values, old_values), offset, 2
+            )
+        )
+        block_start += width
+    return tuple(written_keys), tuple(written_values)
 
 
 def cached_attention(
     query: Array,  # [batch, rows, heads, head_dim]: one position of each of `rows` hypotheses
-    keys: Array,  # [batch, heads, head_dim, kv_len]
-    values: Array,  # [batch, heads, kv_len, head_dim]
+    keys: tuple[Array, ...],  # blocks [batch, heads, head_dim, columns], kv_len in all
+    values: tuple[Array, ...],  # blocks [batch, heads, columns, head_dim]
     mask: Array,  # bool [batch, rows or 1, kv_len]; True = attend
     columns_in_use: Array | None = None,  # scalar int: columns >= this are all masked
 ) -> Array:
-    """softmax(q Kᵀ / √d_k) V for one query position -> [batch, rows, heads, head_dim].
+    """softmax(q Kᵀ / √d_k) V for one query position -> [batch, rows, heads, head_dim], over the
+    keys and values concatenated block after block.
 
-    With `columns_in_use`, only the smallest of KV_PREFIXES_PER_CACHE static prefixes of the
-    cache that holds them is read (a `lax.switch`): a decoding step early in the output skips
-    the cache's empty tail. Masked columns weigh exactly 0, so the result is the same."""
-    kv_len = keys.shape[-1]
-    prefixes = sorted(
-        {-(-kv_len * i // KV_PREFIXES_PER_CACHE) for i in range(1, KV_PREFIXES_PER_CACHE + 1)}
-    )
-    if columns_in_use is None or len(prefixes) == 1:
+    With `columns_in_use`, only the first blocks that hold those columns are read (a
+    `lax.switch`): a decoding step early in the output skips the cache's empty blocks. Masked
+    columns weigh exactly 0, so the result is the same."""
+    if columns_in_use is None or len(keys) == 1:
         return _attend_columns(query, keys, values, mask)
+    ends = [0]
+    for block in keys:
+        ends.append(ends[-1] + block.shape[-1])
     branches = [
-        lambda q, k, v, m, n=n: _attend_columns(q, k[..., :n], v[:, :, :n], m[..., :n])
-        for n in prefixes
+        lambda q, k, v, m, n=n: _attend_columns(q, k[:n], v[:n], m[..., : ends[n]])
+        for n in range(1, len(keys) + 1)
     ]
-    branch = jnp.sum(jnp.asarray(prefixes[:-1]) < columns_in_use)  # smallest prefix >= used
+    branch = jnp.sum(jnp.asarray(ends[1:-1]) < columns_in_use)  # blocks needed, minus one
     return jax.lax.switch(branch, branches, query, keys, values, mask)
 
 
-def _attend_columns(query: Array, keys: Array, values: Array, mask: Array) -> Array:
+def _attend_columns(
+    query: Array, keys: tuple[Array, ...], values: tuple[Array, ...], mask: Array
+) -> Array:
     query = query * jnp.asarray(query.shape[-1] ** -0.5, query.dtype)
-    logits = jnp.einsum(
-        "bqhd,bhdk->bhqk", query, keys, preferred_element_type=jnp.float32
+    logits = jnp.concatenate(
+        [
+            jnp.einsum("bqhd,bhdk->bhqk", query, block, preferred_element_type=jnp.float32)
+            for block in keys
+        ],
+        axis=-1,
     )  # [batch, heads, rows, kv_len]
     logits = jnp.where(mask[:, None], logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
-    out = jnp.einsum("bhqk,bhkd->bhqd", weights, values)  # XLA:CPU: bqhd here is slower
+    weights = jax.nn.softmax(logits, axis=-1).astype(values[0].dtype)
+    out, start = None, 0
+    for block in values:  # XLA:CPU: bhqd, then a transpose, is faster than bqhd here
+        end = start + block.shape[2]
+        part = jnp.einsum("bhqk,bhkd->bhqd", weights[..., start:end], block)
+        out, start = part if out is None else out + part, end
     return out.transpose(0, 2, 1, 3)
 
 
@@ -237,14 +283,14 @@ class MultiHeadAttention(nn.Module):
     def attend_cached(
         self,
         q: Array,
-        keys: Array,
-        values: Array,
+        keys: tuple[Array, ...],
+        values: tuple[Array, ...],
         mask: Array,
         columns_in_use: Array | None = None,
     ) -> Array:
         """One decoding step: q [batch * rows, 1, heads, head_dim] against a per-sentence
-        cache (`cached_attention`), then W^O. Returns [batch * rows, 1, embed]."""
-        batch = keys.shape[0]
+        cache in blocks (`cached_attention`), then W^O. Returns [batch * rows, 1, embed]."""
+        batch = keys[0].shape[0]
         q = q.reshape(batch, -1, *q.shape[2:])  # [batch, rows, heads, head_dim]
         out = cached_attention(q, keys, values, mask, columns_in_use)
         out = out.reshape(-1, 1, *out.shape[2:])  # [batch * rows, 1, heads, head_dim]

@@ -140,12 +140,13 @@ class DecoderLayer(nn.Module):
     def step(
         self,
         x: Array,  # [batch * beams, 1, embed]: the newest position of every hypothesis
-        cache: dict[str, Array],  # self_key/self_value [batch, heads, ..., max_len * beams],
-        #                           cross_key/cross_value [batch, heads, ..., source_length]
+        cache: dict,  # self_key/self_value: tuples of blocks [batch, heads, ..., columns],
+        #               max_len * beams columns in all; cross_key/cross_value [batch, heads,
+        #               ..., source_length]
         index: Array,  # scalar int: the position being decoded
         self_mask: Array,  # [batch, beams, max_len * beams]: the cache columns each row sees
         cross_mask: Array,  # [batch, 1, source_length]
-    ) -> tuple[Array, dict[str, Array]]:
+    ) -> tuple[Array, dict]:
         """One decoding step (no dropout). Returns (output [batch * beams, 1, embed], updated
         cache)."""
 
@@ -160,7 +161,7 @@ class DecoderLayer(nn.Module):
         def cross_attend(y: Array) -> Array:
             q = self.cross_attention.project_query(y)
             return self.cross_attention.attend_cached(
-                q, cache["cross_key"], cache["cross_value"], cross_mask
+                q, (cache["cross_key"],), (cache["cross_value"],), cross_mask
             )
 
         new_entries: dict[str, Array] = {}

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from model import masks
+from model.attention import empty_cache_blocks
 from model.config import TransformerConfig
 from model.dropout import Dropout
 from model.embedding import PositionalEncoding, TokenEmbedding
@@ -21,8 +22,9 @@ Array = jax.Array
 # The decoding cache, per sentence (a plain pytree): {'index': scalar int32, the position the
 # next step writes; 'history' [batch, beams, max_len] int32: history[b, k, l] is the beam slot
 # whose keys/values at position l belong to hypothesis k (beam search reorders only this);
-# 'layers': [per decoder layer: {'self_key' [batch, heads, head_dim, max_len * beams],
-# 'self_value' [batch, heads, max_len * beams, head_dim] (column l * beams + slot), 'cross_key'
+# 'layers': [per decoder layer: {'self_key' [batch, heads, head_dim, max_len * beams] and
+# 'self_value' [batch, heads, max_len * beams, head_dim] (column l * beams + slot), each a tuple
+# of blocks of consecutive positions (model/attention.py, `empty_cache_blocks`), 'cross_key'
 # [batch, heads, head_dim, source_len], 'cross_value' [batch, heads, source_len, head_dim]}]}.
 Cache = dict
 
@@ -128,9 +130,10 @@ class Decoder(nn.Module):
         sentences = encoded.shape[0]
         if batch_size % sentences:
             raise ValueError(f"{batch_size} rows do not split evenly over {sentences} sentences.")
-        beams, columns = batch_size // sentences, max_decode_length * (batch_size // sentences)
-        self_key = jnp.zeros((sentences, cfg.num_heads, cfg.head_dim, columns), cfg.compute_dtype)
-        self_value = jnp.zeros((sentences, cfg.num_heads, columns, cfg.head_dim), cfg.compute_dtype)
+        beams = batch_size // sentences
+        self_key, self_value = empty_cache_blocks(
+            sentences, cfg.num_heads, cfg.head_dim, max_decode_length, beams, cfg.compute_dtype
+        )
         layers = []
         for layer in self.layers:
             cross_key, cross_value = layer.cross_key_value(encoded)

@@ -126,7 +126,8 @@ _COMPILATION_CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir",
     None,
     "Keep compiled decoders in this folder (JAX's persistent compilation cache): a restart "
-    "with the same model and settings skips most of the start-up compilation.",
+    "with the same model and settings skips most of the compilation. Default: "
+    "$XDG_CACHE_HOME/flax-transformer-mt/compiled-decoders (~/.cache when unset); empty: none.",
 )
 _ACCESS_LOG = flags.DEFINE_bool("access_log", False, "Log every request (uvicorn's access log).")
 
@@ -189,8 +190,10 @@ def load_jax_backend() -> Backend:
     from serving.jax_backend import JaxBackend
     from training import partitioning, restoring
 
-    if _COMPILATION_CACHE_DIR.value:
+    try:
         keep_compiled_decoders(_COMPILATION_CACHE_DIR.value)
+    except OSError as error:
+        fail(f"--compilation_cache_dir: cannot create {error.filename} ({error.strerror}).")
     mesh = None
     if _MESH_SHAPE.value:
         shape = [int(size) for size in _MESH_SHAPE.value]  # checked by check_flags

@@ -92,7 +92,8 @@ _COMPILATION_CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir",
     None,
     "Keep compiled decoders in this folder (JAX's persistent compilation cache): a later run "
-    "with the same model and settings skips most of the compilation.",
+    "with the same model and settings skips most of the compilation. Default: "
+    "$XDG_CACHE_HOME/flax-transformer-mt/compiled-decoders (~/.cache when unset); empty: none.",
 )
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", None, "Sentences decoded together (default: config.decode.batch_size)."
@@ -342,8 +343,10 @@ def main(argv: Sequence[str]) -> None:
     check_flags()
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    if _COMPILATION_CACHE_DIR.value:
+    try:
         keep_compiled_decoders(_COMPILATION_CACHE_DIR.value)
+    except OSError as error:
+        fail(f"--compilation_cache_dir: cannot create {error.filename} ({error.strerror}).")
     try:
         restored = restore()
         settings = decode_settings(restored.config.decode)

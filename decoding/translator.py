@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -118,12 +119,34 @@ def _split_over_devices(inputs: Array) -> bool:
     return len(sharding.device_set) > 1 and not sharding.is_fully_replicated
 
 
-def keep_compiled_decoders(directory: str) -> None:
-    """Turns on JAX's persistent compilation cache in `directory`: a later process decoding
-    with the same model, settings and shapes loads the compiled programs instead of compiling
-    them again (one per source-length bucket, seconds each on a CPU)."""
-    jax.config.update("jax_compilation_cache_dir", directory)
+def default_compiled_decoders_dir() -> str:
+    """Where translate.py and serve.py keep compiled decoders unless told otherwise:
+    $XDG_CACHE_HOME/flax-transformer-mt/compiled-decoders ($XDG_CACHE_HOME: ~/.cache if unset)."""
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache_home, "flax-transformer-mt", "compiled-decoders")
+
+
+def keep_compiled_decoders(directory: str | None) -> str | None:
+    """Turns on JAX's persistent compilation cache: a later process decoding with the same
+    model, settings and shapes loads the compiled programs instead of compiling them again (one
+    per source-length bucket, seconds each on a CPU). `directory` None means the default
+    (`default_compiled_decoders_dir`), "" no cache. Returns the folder in use, or None.
+
+    A given folder that cannot be created raises OSError; the default one only logs a warning
+    (decoding then compiles every time)."""
+    path = default_compiled_decoders_dir() if directory is None else directory
+    if not path:
+        return None
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        if directory is not None:
+            raise
+        logging.warning("Compiling without a cache: cannot create %s (%s).", path, error.strerror)
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return path
 
 
 def encode_texts(

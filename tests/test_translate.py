@@ -86,10 +86,13 @@ def sharp_checkpoint(workdir, tmp_path_factory) -> Path:
     )
 
 
-def translate_cli(args: list[str], *, devices: int = 1, stdin: bytes = b"") -> subprocess.Popen:
+def translate_cli(
+    args: list[str], *, devices: int = 1, stdin: bytes = b"", env: dict | None = None
+) -> subprocess.Popen:
     """Starts translate.py on `devices` CPU devices (with the XLA flags of this process
-    otherwise, so that numbers compare exactly)."""
-    env = dict(os.environ)
+    otherwise, so that numbers compare exactly), with `env` added to this process's
+    environment."""
+    env = {**os.environ, **(env or {})}
     env["JAX_PLATFORMS"] = "cpu"
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     process = subprocess.Popen(
@@ -218,6 +221,37 @@ def test_compilation_cache_is_written_and_reused(workdir, tmp_path):
     second = finish(translate_cli(args, stdin=b"seven hundred and two\n"))
     assert second[0] == 0 and second[1] == first[1]
     assert sorted(path.name for path in cache.iterdir()) == entries  # nothing new to compile
+
+
+def test_compiled_decoders_are_kept_under_the_cache_home_by_default(workdir, tmp_path):
+    """Without --compilation_cache_dir the cache is $XDG_CACHE_HOME/flax-transformer-mt/
+    compiled-decoders; an empty flag keeps none; a folder that cannot be made is a one-line
+    error."""
+    stdin = b"seven hundred and two\n"
+    cache_home = tmp_path / "cache-home"
+    default = finish(
+        translate_cli(
+            [f"--workdir={workdir}"], stdin=stdin, env={"XDG_CACHE_HOME": str(cache_home)}
+        )
+    )
+    assert default[0] == 0, default[2][-3000:]
+    assert any((cache_home / "flax-transformer-mt" / "compiled-decoders").iterdir())
+
+    no_cache_home = tmp_path / "no-cache-home"
+    args = [f"--workdir={workdir}", "--compilation_cache_dir="]
+    none = finish(translate_cli(args, stdin=stdin, env={"XDG_CACHE_HOME": str(no_cache_home)}))
+    assert none[0] == 0 and none[1] == default[1]
+    assert not (no_cache_home / "flax-transformer-mt").exists()
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    args = [f"--workdir={workdir}", f"--compilation_cache_dir={a_file / 'cache'}"]
+    code, out, err = finish(translate_cli(args, stdin=stdin))
+    assert code != 0 and out == ""
+    assert err.strip().splitlines() == [
+        f"translate.py: error: --compilation_cache_dir: cannot create {a_file / 'cache'} "
+        "(Not a directory)."
+    ]
 
 
 def test_averaging_identical_checkpoints_is_the_identity(workdir):

@@ -85,7 +85,8 @@ _EARLY_STOPPING = flags.DEFINE_bool(
     "early_stopping",
     None,
     "Beam search: stop a sentence once its best finished hypothesis beats its best alive one "
-    "ended at the next step (faster, not exact; the CTranslate2 backend always stops early). "
+    "ended within the next 3 steps (faster, not exact; the CTranslate2 backend always stops "
+    "early). "
     "Default: config.decode.early_stopping, else off.",
 )
 _MAX_INPUT_LENGTH = flags.DEFINE_integer(

@@ -86,7 +86,8 @@ _EARLY_STOPPING = flags.DEFINE_bool(
     "early_stopping",
     None,
     "Beam search: stop a sentence once its best finished hypothesis beats its best alive one "
-    "ended at the next step; faster, not exact (default: config.decode.early_stopping, else off).",
+    "ended within the next 3 steps; faster, not exact (default: config.decode.early_stopping, else "
+    "off).",
 )
 _COMPILATION_CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir",

@@ -9,8 +9,8 @@ The strategy is 'greedy' (one hypothesis, the most probable next token at every 
 beam size only: beam size 1 means greedy. Asking for the strategy by name sets the beam size
 accordingly (greedy -> 1); a beam search needs a beam of at least 2. A beam search stops a
 sentence when no hypothesis can beat its best finished one (exact), or with `early_stopping` as soon
-as its best finished hypothesis beats its best alive one ended at the next step, which is faster
-and not exact, as CTranslate2's stopping is (docs/decoding_speed.md).
+as its best finished hypothesis beats its best alive one ended within the next 3 steps, which is
+faster and not exact, though it rarely changes a translation (docs/decoding_speed.md).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class DecodeSettings:
     alpha: float = 0.6  # GNMT length penalty ((5 + length) / 6)^alpha; unused by greedy
     max_extra_length: int = 50  # an output is at most input length + this many subwords
     batch_size: int = 64  # sentences decoded together
-    early_stopping: bool = False  # beam: stop once the best finished beats the alive ones now
+    early_stopping: bool = False  # beam: stop once no alive one ending in 3 steps beats the best
 
     def __post_init__(self) -> None:
         problem = self.problem()

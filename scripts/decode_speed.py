@@ -90,7 +90,8 @@ _EARLY_STOPPING = flags.DEFINE_bool(
     "early_stopping",
     None,
     "Ours with --workdir: beam search stops a sentence once its best finished hypothesis "
-    "beats its best alive one ended at the next step (default: config.decode.early_stopping).",
+    "beats its best alive one ended within the next 3 steps (default: "
+    "config.decode.early_stopping).",
 )
 _THREADS = flags.DEFINE_integer("threads", 2, "CTranslate2 intra-op threads.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs of each function (median printed).")

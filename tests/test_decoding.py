@@ -24,7 +24,7 @@ from decoding import (
     translate_tokens,
 )
 from decoding import translator as translator_module
-from decoding.beam_search import best_extensions
+from decoding.beam_search import EARLY_STOPPING_HORIZON, best_extensions
 from decoding.reference import uncached_greedy_search
 from decoding.settings import DecodeSettings
 from model import Transformer, TransformerConfig
@@ -117,11 +117,18 @@ def brute_force(model, params, source, max_len: int, alpha: float) -> list[tuple
 
 
 def python_beam_search(
-    model, params, source, beams: int, max_len: int, alpha: float, early_stopping: bool = False
+    model,
+    params,
+    source,
+    beams: int,
+    max_len: int,
+    alpha: float,
+    early_stopping: bool = False,
+    horizon: int = EARLY_STOPPING_HORIZON,
 ):
     """The documented algorithm, written plainly and run to max_len, or with early_stopping
-    until the best finished hypothesis beats the best alive one ended at the next step.
-    Returns [(score, sequence)] best first, at most `beams`."""
+    until the best finished hypothesis beats the best alive one ended within `horizon` more
+    steps (at most at max_len). Returns [(score, sequence)] best first, at most `beams`."""
     alive = [(0.0, ())]  # (log P, tokens), best first
     finished = []
     for t in range(max_len):
@@ -141,7 +148,8 @@ def python_beam_search(
                 finished.append((lp / gnmt_penalty(t + 1, alpha), seq))
         alive = [c for c in candidates if c[1][-1] != EOS_ID][:beams]
         best_finished = max((score for score, _ in finished), default=-np.inf)
-        if early_stopping and alive and best_finished >= alive[0][0] / gnmt_penalty(t + 2, alpha):
+        horizon_penalty = gnmt_penalty(min(t + 1 + horizon, max_len), alpha)
+        if early_stopping and alive and best_finished >= alive[0][0] / horizon_penalty:
             break
     if finished:
         return sorted(finished, key=lambda item: -item[0])[:beams]
@@ -282,6 +290,7 @@ def test_exhaustive_beam_search_finds_the_brute_force_best(alpha):
         (4, 0.0, 6, 8, False, None),
         (4, 1.0, 6, 9, False, None),
         (3, 1.0, 7, 10, True, None),
+        (3, 2.0, 8, 10, True, None),  # the horizon matters: 1 step instead of 3 fails
         (2, 0.6, 5, 7, False, 1),
         (4, 1.0, 6, 9, False, 1),
         (3, 2.0, 7, 11, False, 1),

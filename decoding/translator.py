@@ -126,27 +126,26 @@ def default_compiled_decoders_dir() -> str:
     return os.path.join(cache_home, "flax-transformer-mt", "compiled-decoders")
 
 
-def keep_compiled_decoders(directory: str | None) -> str | None:
+def keep_compiled_decoders(directory: str | None) -> None:
     """Turns on JAX's persistent compilation cache: a later process decoding with the same
     model, settings and shapes loads the compiled programs instead of compiling them again (one
     per source-length bucket, seconds each on a CPU). `directory` None means the default
-    (`default_compiled_decoders_dir`), "" no cache. Returns the folder in use, or None.
+    (`default_compiled_decoders_dir`), "" no cache.
 
     A given folder that cannot be created raises OSError; the default one only logs a warning
     (decoding then compiles every time)."""
     path = default_compiled_decoders_dir() if directory is None else directory
     if not path:
-        return None
+        return
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as error:
         if directory is not None:
             raise
         logging.warning("Compiling without a cache: cannot create %s (%s).", path, error.strerror)
-        return None
+        return
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    return path
 
 
 def encode_texts(

@@ -11,7 +11,9 @@ N lines in give N lines out (a blank line gives an empty line). Translations go 
 output or --output; progress and speed go to standard error, and so do the scores unless
 --output is given (then they go to standard output).
 Decoding settings default to the checkpoint's config.decode. Only the parameters are restored,
-onto this host's first device, or sharded over all local devices with --mesh_shape.
+onto this host's first device, copied to --devices local devices (on a CPU, by default 2: the
+CPU split into two JAX devices, each decoding half of every batch), or sharded over all local
+devices with --mesh_shape.
 """
 
 from __future__ import annotations
@@ -22,13 +24,16 @@ if __name__ == "__main__":
     use_huge_pages()  # before JAX loads: may re-execute this program (training/host_memory.py)
 
 import contextlib
+import dataclasses
 import io
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import jax
 from absl import app, flags, logging
+from jax.sharding import Mesh, Sharding
 from ml_collections import config_flags
 from tqdm import tqdm
 
@@ -131,12 +136,21 @@ _MESH_SHAPE = flags.DEFINE_list(
     "mesh_shape",
     None,
     "Shard the parameters over the local devices as (data, fsdp, tensor), e.g. 1,1,-1 "
-    "(default: everything on the first device).",
+    "(default: see --devices).",
+)
+_DEVICES = flags.DEFINE_integer(
+    "devices",
+    None,
+    "Decode on this many local devices, each with all the parameters and its share of every "
+    "batch's rows (on a CPU: the CPU split into that many JAX devices). Default: "
+    f"{min(2, os.cpu_count() or 1)} on this CPU (2, or 1 on a 1-core machine), 1 on an "
+    "accelerator. Not with --mesh_shape.",
 )
 _PROGRESS = flags.DEFINE_bool(
     "progress", True, "Show a progress bar on stderr when it is a terminal (--noprogress: never)."
 )
 
+CPU_DEVICES = min(2, os.cpu_count() or 1)  # --devices' default on a CPU (docs/translate.md)
 CHUNK_BATCHES = 8  # lines read, sorted by length and translated at a time: this many batches
 
 
@@ -151,17 +165,36 @@ def check_flags() -> None:
     decode_settings({})  # the decoding flags' ranges, before anything is restored
     if _TOKENIZED_LOWERCASE.value and _REFERENCE.value is None:
         fail("--tokenized_lowercase needs --reference=FILE.")
+    if _DEVICES.value is not None and _DEVICES.value < 1:
+        fail(f"--devices must be at least 1, got {_DEVICES.value}.")
+    if _DEVICES.value is not None and _MESH_SHAPE.value:
+        fail("Pass --devices or --mesh_shape, not both: the mesh says which devices decode.")
 
 
-def restore() -> restoring.Restored:
-    """The model from --workdir/--checkpoint, averaged if asked, on one device or the mesh."""
-    mesh = None
+def split_the_cpu() -> None:
+    """Before JAX starts: a CPU becomes --devices JAX devices (default CPU_DEVICES), unless
+    --mesh_shape lays out the devices that XLA_FLAGS gives."""
+    if not _MESH_SHAPE.value:
+        jax.config.update("jax_num_cpu_devices", _DEVICES.value or CPU_DEVICES)
+
+
+def decoding_mesh() -> Mesh | None:
+    """The mesh of --mesh_shape, or of --devices copies of the parameters; None: one device."""
+    devices = jax.local_devices()
     if _MESH_SHAPE.value:
         try:
             shape = [int(size) for size in _MESH_SHAPE.value]
         except ValueError:
             fail(f"--mesh_shape takes integers, e.g. 1,1,-1; got {_MESH_SHAPE.value}.")
-        mesh = partitioning.make_mesh(shape, jax.local_devices())
+        return partitioning.make_mesh(shape, devices)
+    count = _DEVICES.value or (CPU_DEVICES if devices[0].platform == "cpu" else 1)
+    if count > len(devices):
+        fail(f"--devices={count}, but this host has {len(devices)} {devices[0].platform} devices.")
+    return partitioning.make_mesh((count, 1, 1), devices[:count]) if count > 1 else None
+
+
+def restore(mesh: Mesh | None) -> restoring.Restored:
+    """The model from --workdir/--checkpoint, averaged if asked, on one device or the mesh."""
     restored = restoring.restore_for_translation(
         _WORKDIR.value or _CHECKPOINT.value,
         average_last=_AVERAGE_LAST.value,
@@ -238,8 +271,10 @@ def translate_input(
     settings: DecodeSettings,
     input_length: int,
     total_lines: int | None,
+    rows: Sharding | None,
 ) -> tuple[line_translation.TranslationStats, list[str], list[str]]:
-    """Translates the input to the output chunk by chunk. Returns (statistics, every output
+    """Translates the input to the output chunk by chunk, each batch's rows split by `rows`
+    (None: one device). Returns (statistics, every output
     line if a reference or plot needs them else [], the input if the plot needs it else [])."""
     interactive = _INPUT.value is None and sys.stdin.isatty()
     chunk_lines = 1 if interactive else CHUNK_BATCHES * settings.batch_size
@@ -248,7 +283,13 @@ def translate_input(
 
     def translate(texts: list[str]) -> list[str]:
         return translate_texts(
-            restored.model, restored.params, restored.tokenizer, texts, settings, input_length
+            restored.model,
+            restored.params,
+            restored.tokenizer,
+            texts,
+            settings,
+            input_length,
+            rows=rows,
         )
 
     with (
@@ -342,6 +383,7 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         fail(f"Unexpected arguments: {' '.join(argv[1:])}")
     check_flags()
+    split_the_cpu()  # before anything starts JAX
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     try:
@@ -349,11 +391,18 @@ def main(argv: Sequence[str]) -> None:
     except OSError as error:
         fail(f"--compilation_cache_dir: cannot create {error.filename} ({error.strerror}).")
     try:
-        restored = restore()
+        mesh = decoding_mesh()
+        restored = restore(mesh)
         settings = decode_settings(restored.config.decode)
+        rows = None
+        if mesh is not None:
+            batch_size, rows = partitioning.decoding_rows(mesh, settings.batch_size)
+            settings = dataclasses.replace(settings, batch_size=batch_size)
         input_length = max_input_length(restored.config)
+        where = f"{mesh.size} devices" if mesh is not None else "1 device"
         print(
-            f"Decoding with {settings.describe()}, inputs up to {input_length} subwords.",
+            f"Decoding with {settings.describe()}, inputs up to {input_length} subwords, on "
+            f"{where} ({jax.local_devices()[0].platform}).",
             file=sys.stderr,
         )
         total_lines = None
@@ -361,7 +410,9 @@ def main(argv: Sequence[str]) -> None:
             with open(_INPUT.value, "rb") as file:
                 total_lines = sum(1 for _ in file)
         references = read_reference(total_lines)
-        stats, outputs, inputs = translate_input(restored, settings, input_length, total_lines)
+        stats, outputs, inputs = translate_input(
+            restored, settings, input_length, total_lines, rows
+        )
         print(stats.speed_line(), file=sys.stderr)
         report_truncation(stats, input_length)
         if _ATTENTION_PLOT.value:

@@ -52,9 +52,9 @@ def shrinking_while_loop(
     state: a pytree whose leaves are scalars (shared by all sentences, e.g. the position) or
     arrays with one row per sentence on axis 0; body must work for any number of rows.
     sentences_done(state) -> [sentences] bool. max_stages 1 is one plain loop over the batch
-    (for a batch split over devices, where gathering sentences would move them between
-    devices). Returns the final state of every sentence, in the original order (scalars:
-    their values at the end)."""
+    (for a batch split over devices that also split the parameters, where gathering sentences
+    would move them between devices). Returns the final state of every sentence, in the
+    original order (scalars: their values at the end)."""
     batch_size = jnp.shape(sentences_done(state))[0]
     sizes = stage_sizes(batch_size, max_stages)
     if len(sizes) == 1:  # one plain loop; no scatter back, which would lose a row sharding

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 from jax.experimental import multihost_utils
-from jax.sharding import Sharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 
 from data.special_tokens import cut_at_eos, truncate_keeping_eos
 from decoding import stages
@@ -98,25 +98,90 @@ def translate_tokens(
     inputs = jnp.asarray(inputs, jnp.int32)
     if max_lengths is None:
         max_lengths = np.full((inputs.shape[0],), max_decode_length, np.int32)
-    return _translate_tokens(
-        model,
-        params,
-        inputs,
-        jnp.asarray(max_lengths, jnp.int32),
-        jnp.float32(alpha),
-        beam_size=beam_size,
-        max_decode_length=max_decode_length,
-        early_stopping=early_stopping,
-        max_stages=1 if _split_over_devices(inputs) else stages.MAX_STAGES,
+    settings = dict(
+        beam_size=beam_size, max_decode_length=max_decode_length, early_stopping=early_stopping
     )
+    arguments = (params, inputs, jnp.asarray(max_lengths, jnp.int32), jnp.float32(alpha))
+    if not _split_over_devices(inputs):
+        return _translate_tokens(model, *arguments, **settings, max_stages=stages.MAX_STAGES)
+    if _held_whole_by_each(params, inputs.sharding):
+        mesh, row_axes = inputs.sharding.mesh, inputs.sharding.spec[0]
+        return _translate_tokens_per_device(
+            model, *arguments, **settings, mesh=mesh, row_axes=row_axes
+        )
+    return _translate_tokens(model, *arguments, **settings, max_stages=1)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "model",
+        "beam_size",
+        "max_decode_length",
+        "early_stopping",
+        "mesh",
+        "row_axes",
+    ),
+)
+def _translate_tokens_per_device(
+    model: Transformer,
+    params,
+    inputs: Array,
+    max_lengths: Array,
+    alpha: Array,
+    *,
+    beam_size: int,
+    max_decode_length: int,
+    early_stopping: bool,
+    mesh: Mesh,
+    row_axes,
+) -> Array:
+    """_translate_tokens run by every device on its own rows (`row_axes` of `mesh`), each with
+    the whole parameters: a device drops its finished sentences from its own stages, and no
+    data moves between devices."""
+
+    def decode_rows(params, inputs, max_lengths, alpha):
+        return _translate_tokens(
+            model,
+            params,
+            inputs,
+            max_lengths,
+            alpha,
+            beam_size=beam_size,
+            max_decode_length=max_decode_length,
+            early_stopping=early_stopping,
+            max_stages=stages.MAX_STAGES,
+        )
+
+    rows = PartitionSpec(row_axes)
+    return jax.shard_map(
+        decode_rows,
+        mesh=mesh,
+        in_specs=(PartitionSpec(), rows, rows, PartitionSpec()),
+        out_specs=rows,
+        check_vma=False,  # no collectives inside; the search's fresh arrays are per device
+    )(params, inputs, max_lengths, alpha)
 
 
 def _split_over_devices(inputs: Array) -> bool:
-    """Whether the batch's rows are spread over several devices. Each device then decodes only
-    its rows, and finished sentences stay in the batch: dropping them would gather sentences
-    from every device onto every device."""
+    """Whether the batch's rows are spread over several devices."""
     sharding = inputs.sharding
     return len(sharding.device_set) > 1 and not sharding.is_fully_replicated
+
+
+def _held_whole_by_each(params, rows: Sharding) -> bool:
+    """Whether every device of `rows` (a NamedSharding that splits only the rows) holds all
+    of `params`. Then each device decodes its rows alone, finished sentences dropped as on one
+    device. Otherwise (parameters split over the devices too) the batch is decoded in one plain
+    loop: dropping sentences would gather them from every device onto every device."""
+    if not isinstance(rows, NamedSharding) or any(axis is not None for axis in rows.spec[1:]):
+        return False
+    return all(
+        isinstance(leaf, jax.Array)
+        and leaf.sharding.is_fully_replicated
+        and leaf.sharding.device_set == rows.device_set
+        for leaf in jax.tree.leaves(params)
+    )
 
 
 def default_compiled_decoders_dir() -> str:

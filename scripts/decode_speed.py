@@ -10,8 +10,9 @@ sentences of --source_length tokens (EOS included), with EOS made impossible so 
 search runs exactly --output_length steps: ours through `decoding.translate_tokens` (EOS logit
 set to -inf), CTranslate2 with min_decoding_length = max_decoding_length = --output_length.
 Both see the same weights: CTranslate2 loads them through our exporter (exporting/converter.py),
-float32, --threads intra-op threads. The greedy outputs of the two are compared token by token
-(`greedy_same_tokens`), a check that the two compute the same model.
+float32, --threads intra-op threads (and --inter_threads batches at once). The greedy outputs
+of the two are compared token by token (`greedy_same_tokens`), a check that the two compute the
+same model.
 
 With --workdir: the real path. Ours is `decoding.translate_texts` (what translate.py calls, with
 the checkpoint's config.decode unless --beam_sizes/--alpha/--early_stopping say otherwise) on
@@ -22,6 +23,10 @@ detokenization. sacreBLEU of both outputs is printed too. CTranslate2's length p
 score / length^alpha, ours GNMT's ((5 + length) / 6)^alpha, and CTranslate2 always stops a
 sentence once a step's best hypothesis ends (ours stops early only with --early_stopping; by
 default it stops when nothing can still change the result), so outputs may differ slightly.
+
+With --devices=N, ours splits the CPU into N JAX devices and every batch's rows over them, each
+device decoding its rows alone (translate.py's --devices; its default on a CPU is 2). The
+matching CTranslate2 setup is --inter_threads=N --threads=1: N batches at once, one thread each.
 
 Every function is compiled and run once first; then all are timed round-robin --repeats times,
 so that load from other processes falls on all alike. Medians (and ranges) are printed; the
@@ -61,7 +66,7 @@ from decoding.translator import encode_texts  # noqa: E402
 from exporting.converter import FlaxTransformerConverter  # noqa: E402
 from exporting.export import vocabulary  # noqa: E402
 from model import Transformer, TransformerConfig  # noqa: E402
-from training import configuration, restoring  # noqa: E402
+from training import configuration, partitioning, restoring  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(ROOT / "configs/multi30k.py"), "Config whose model size is timed (no --workdir)."
@@ -94,6 +99,12 @@ _EARLY_STOPPING = flags.DEFINE_bool(
     "config.decode.early_stopping).",
 )
 _THREADS = flags.DEFINE_integer("threads", 2, "CTranslate2 intra-op threads.")
+_INTER_THREADS = flags.DEFINE_integer(
+    "inter_threads", 1, "CTranslate2 batches decoded at once (with --workdir), each on --threads."
+)
+_DEVICES = flags.DEFINE_integer(
+    "devices", 1, "Ours: CPU devices the rows of each batch are split over (translate.py's)."
+)
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs of each function (median printed).")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the JSON to this file.")
 
@@ -142,7 +153,7 @@ def ctranslate2_translator(
         directory,
         device="cpu",
         compute_type="float32",
-        inter_threads=1,
+        inter_threads=_INTER_THREADS.value,
         intra_threads=_THREADS.value,
     )
 
@@ -232,13 +243,19 @@ def read_lines(split: str, language: str) -> list[str]:
 
 def real_path() -> dict:
     """The newest checkpoint of --workdir on a Multi30k split: translate_texts vs CTranslate2."""
-    restored = restoring.restore_for_translation(_WORKDIR.value)
+    devices = jax.devices()[: _DEVICES.value]
+    mesh = partitioning.make_mesh((len(devices), 1, 1), devices) if len(devices) > 1 else None
+    restored = restoring.restore_for_translation(_WORKDIR.value, mesh=mesh)
     configured = DecodeSettings.from_config(
         restored.config.decode,
         alpha=_ALPHA.value,
         batch_size=_BATCH_SIZE.value,
         early_stopping=_EARLY_STOPPING.value,
     )
+    rows = None
+    if mesh is not None:  # as translate.py decodes on --devices
+        batch_size, rows = partitioning.decoding_rows(mesh, configured.batch_size)
+        configured = dataclasses.replace(configured, batch_size=batch_size)
     beam_sizes = [int(b) for b in (_BEAM_SIZES.value or [str(configured.beam_size)])]
     alpha, batch = configured.alpha, configured.batch_size
     max_extra_length = configured.max_extra_length
@@ -272,7 +289,13 @@ def real_path() -> dict:
                 configured, strategy="greedy" if beam == 1 else "beam", beam_size=beam
             )
             fns[f"ours_{name}"] = lambda decode=decode: translate_texts(
-                restored.model, restored.params, tokenizer, sources, decode, max_input_length
+                restored.model,
+                restored.params,
+                tokenizer,
+                sources,
+                decode,
+                max_input_length,
+                rows=rows,
             )
             fns[f"ctranslate2_{name}"] = lambda beam=beam: ctranslate2_texts(translator, beam)
         outputs = {name: fn() for name, fn in fns.items()}
@@ -297,6 +320,7 @@ def real_path() -> dict:
             "alpha": alpha,
             "max_extra_length": max_extra_length,
             "early_stopping": configured.early_stopping,
+            "ours_devices": _DEVICES.value,
         },
         "results": results,
     }
@@ -305,11 +329,18 @@ def real_path() -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _DEVICES.value < 1 or (_DEVICES.value > 1 and not _WORKDIR.value):
+        raise app.UsageError("--devices takes 1, or more with --workdir (the real path).")
+    if _DEVICES.value > 1:
+        jax.config.update("jax_num_cpu_devices", _DEVICES.value)  # before JAX starts
     load_before = os.getloadavg()[0]
     report = real_path() if _WORKDIR.value else synthetic()
     report = {
         **report,
-        "ctranslate2": f"{ctranslate2.__version__}, float32, {_THREADS.value} threads",
+        "ctranslate2": (
+            f"{ctranslate2.__version__}, float32, {_INTER_THREADS.value} batch(es) at once x "
+            f"{_THREADS.value} thread(s)"
+        ),
         "repeats": _REPEATS.value,
         "cpus": os.cpu_count(),
         "load_1min": {"before": load_before, "after": os.getloadavg()[0]},

@@ -375,6 +375,59 @@ def test_beam_search_on_sharded_parameters_matches_one_device(small):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
 
 
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_rows_split_over_devices_holding_all_parameters_decode_alone(small, monkeypatch, beam_size):
+    """Each of 4 devices, holding every parameter, decodes its 4 rows in its own stages: the
+    same outputs as one device, the rows kept on their devices, and no collective in the
+    compiled program (nothing moves between devices). With the parameters split over the
+    devices too, the batch is decoded by one program over all of them, as before."""
+    model, params = small
+    inputs = random_inputs(12, batch=16, length=6, vocab_size=24)
+    limits = np.asarray([10, 4, 7, 10] * 4, np.int32)
+    decode = functools.partial(
+        translate_tokens, model, beam_size=beam_size, alpha=0.6, max_decode_length=10
+    )
+    expected = np.asarray(decode(params, inputs, max_lengths=limits))
+    assert len({unpadded(row) for row in expected}) > 4  # the rows really differ
+
+    mesh = Mesh(np.array(jax.devices()[:4]), ("rows",))
+    rows = NamedSharding(mesh, P("rows"))
+    split_inputs, split_limits = jax.device_put(inputs, rows), jax.device_put(limits, rows)
+    replicated = jax.device_put(params, NamedSharding(mesh, P()))
+    per_device = []
+    original = translator_module._translate_tokens_per_device
+    monkeypatch.setattr(
+        translator_module,
+        "_translate_tokens_per_device",
+        lambda *args, **kwargs: per_device.append(args) or original(*args, **kwargs),
+    )
+    got = decode(replicated, split_inputs, max_lengths=split_limits)
+    assert len(per_device) == 1
+    np.testing.assert_array_equal(np.asarray(got), expected)
+    assert got.sharding.shard_shape(got.shape)[0] == 4 and len(got.sharding.device_set) == 4
+
+    compiled = original.lower(
+        *per_device[0],
+        beam_size=beam_size,
+        max_decode_length=10,
+        early_stopping=False,
+        mesh=mesh,
+        row_axes="rows",
+    ).compile()
+    program = compiled.as_text()
+    for collective in ("all-gather", "all-reduce", "all-to-all", "collective-permute"):
+        assert collective not in program
+
+    def split_first_axis(x):
+        spec = P("rows") if x.shape and x.shape[0] % 4 == 0 else P()
+        return jax.device_put(x, NamedSharding(mesh, spec))
+
+    sharded = jax.tree.map(split_first_axis, params)
+    got = decode(sharded, split_inputs, max_lengths=split_limits)
+    assert len(per_device) == 1  # not decoded per device
+    np.testing.assert_array_equal(np.asarray(got), expected)
+
+
 # ------------------------------------------------------------------ texts
 
 

@@ -1,6 +1,7 @@
 """translate.py and what it stands on, on a tiny checkpoint trained by train.py on 8 devices
 laid out as (data, fsdp, tensor) = (2, 2, 2): a checkpoint saved from that mesh translates in
-a 1-device process exactly as on the 8-device mesh here; scores equal the sacrebleu command's
+translate.py (its CPU split into 2 devices, each decoding half of every batch) exactly as on
+the 8-device mesh here; scores equal the sacrebleu command's
 on the same files; checkpoint averaging against float64 numpy; line alignment with blank,
 CRLF, very long and non-UTF-8 lines; every bad-input error is one line; the attention plot is
 a PNG."""
@@ -89,8 +90,8 @@ def sharp_checkpoint(workdir, tmp_path_factory) -> Path:
 def translate_cli(
     args: list[str], *, devices: int = 1, stdin: bytes = b"", env: dict | None = None
 ) -> subprocess.Popen:
-    """Starts translate.py on `devices` CPU devices (with the XLA flags of this process
-    otherwise, so that numbers compare exactly), with `env` added to this process's
+    """Starts translate.py with `devices` CPU devices in its XLA flags (what --mesh_shape lays
+    out; without it, translate.py's --devices decides), with `env` added to this process's
     environment."""
     env = {**os.environ, **(env or {})}
     env["JAX_PLATFORMS"] = "cpu"
@@ -127,7 +128,9 @@ def write_input(path: Path) -> None:
 # ---------------------------------------------------------------- translate.py end to end
 
 
-def test_one_device_translates_like_eight_and_scores_like_sacrebleu(sharp_checkpoint, tmp_path):
+def test_the_command_translates_like_eight_devices_and_scores_like_sacrebleu(
+    sharp_checkpoint, tmp_path
+):
     source, output, reference = tmp_path / "in.txt", tmp_path / "out.txt", tmp_path / "ref.txt"
     write_input(source)
     reference.write_text("hundert\n\nZweiundzwanzig\n\nsiebentausend\nachthundert\nx\nsechs\n")
@@ -139,6 +142,7 @@ def test_one_device_translates_like_eight_and_scores_like_sacrebleu(sharp_checkp
             f"--reference={reference}",
             "--tokenized_lowercase",
             "--beam_size=2",
+            "--batch_size=3",  # on 2 CPU devices (the default): rounded up to 4
         ]
     )
 
@@ -160,6 +164,8 @@ def test_one_device_translates_like_eight_and_scores_like_sacrebleu(sharp_checkp
     assert [t == "" for t in expected] == [not s.strip() for s in INPUT_LINES]
     assert len(set(expected)) >= 4, expected  # outputs depend on the input
     assert "sentences/s" in stderr and "output tokens/s" in stderr
+    if (os.cpu_count() or 1) >= 2:
+        assert "batches of 4 sentences" in stderr and "on 2 devices (cpu)" in stderr, stderr
     long_line_number = INPUT_LINES.index(LONG_LINE) + 1
     assert (
         f"truncated 1 input line(s) longer than 32 subwords (line(s) {long_line_number})" in stderr
@@ -297,6 +303,11 @@ def test_bad_inputs_are_one_line_errors_saying_what_to_do(workdir, tmp_path):
         "has 1 lines but the input": (
             [checkpoint, f"--input={two_lines}", "--reference=/dev/stdin"],
             b"x\n",
+        ),
+        "--devices must be at least 1, got 0": ([checkpoint, "--devices=0"], b""),
+        "Pass --devices or --mesh_shape, not both": (
+            [checkpoint, "--devices=2", "--mesh_shape=1,1,2"],
+            b"",
         ),
         "--attention_plot draws one sentence, but the input has 2 non-empty lines": (
             [checkpoint, f"--input={two_lines}", f"--attention_plot={tmp_path / 'a.png'}"],

@@ -60,9 +60,8 @@ def translate(
     settings = DecodeSettings.from_config(decode_config)
     rows = None
     if mesh is not None:
-        ways = partitioning.batch_axis_size(mesh)
-        settings = dataclasses.replace(settings, batch_size=-(-settings.batch_size // ways) * ways)
-        rows = partitioning.batch_sharding(mesh)
+        batch_size, rows = partitioning.decoding_rows(mesh, settings.batch_size)
+        settings = dataclasses.replace(settings, batch_size=batch_size)
     return translate_texts(
         model, params, tokenizer, list(sources), settings, max_input_length, rows=rows
     )

@@ -93,6 +93,13 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
+def decoding_rows(mesh: Mesh, batch_size: int) -> tuple[int, NamedSharding]:
+    """How translate_texts decodes on `mesh`: (batch_size rounded up to a multiple of the
+    batch shards, the sharding that splits each batch's rows over them)."""
+    ways = batch_axis_size(mesh)
+    return -(-batch_size // ways) * ways, batch_sharding(mesh)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     """A full copy on every device (scalars, metrics)."""
     return NamedSharding(mesh, PartitionSpec())

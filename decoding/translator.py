@@ -9,7 +9,7 @@ import functools
 import logging
 import os
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +40,14 @@ class Tokenizer(Protocol):
 
 @functools.partial(
     jax.jit,
-    static_argnames=("model", "beam_size", "max_decode_length", "early_stopping", "max_stages"),
+    static_argnames=(
+        "model",
+        "beam_size",
+        "max_decode_length",
+        "early_stopping",
+        "max_stages",
+        "rows_of",
+    ),
 )
 def _translate_tokens(
     model: Transformer,
@@ -53,7 +60,29 @@ def _translate_tokens(
     max_decode_length: int,
     early_stopping: bool,
     max_stages: int,
+    rows_of: tuple[Mesh, Any] | None = None,
 ) -> Array:
+    """rows_of (mesh, the mesh axes that split the rows): every device of the mesh decodes its
+    own rows alone, with all the parameters (shard_map); it drops its finished sentences from
+    its own stages, and no data moves between devices."""
+    if rows_of is not None:
+        mesh, row_axes = rows_of
+        decode_rows = functools.partial(
+            _translate_tokens,
+            model,
+            beam_size=beam_size,
+            max_decode_length=max_decode_length,
+            early_stopping=early_stopping,
+            max_stages=max_stages,
+        )
+        rows = PartitionSpec(row_axes)
+        return jax.shard_map(
+            decode_rows,
+            mesh=mesh,
+            in_specs=(PartitionSpec(), rows, rows, PartitionSpec()),
+            out_specs=rows,
+            check_vma=False,  # no collectives inside; the search's fresh arrays are per device
+        )(params, inputs, max_lengths, alpha)
     if beam_size == 1:
         return greedy_search(model, params, inputs, max_decode_length, max_lengths, max_stages)
     result = beam_search(
@@ -89,7 +118,8 @@ def translate_tokens(
     penalty alpha; early_stopping ends a sentence's beam search before the exact rule does
     (see decoding/beam_search.py). max_lengths [batch] optionally caps each row's output
     length. Compiled once per (model, beam_size, max_decode_length, early_stopping, input
-    shape); params may be sharded over a mesh.
+    shape); params may be sharded over a mesh. Inputs whose rows are split over devices that
+    each hold all of params are decoded by each device alone.
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}.")
@@ -105,62 +135,11 @@ def translate_tokens(
     if not _split_over_devices(inputs):
         return _translate_tokens(model, *arguments, **settings, max_stages=stages.MAX_STAGES)
     if _held_whole_by_each(params, inputs.sharding):
-        mesh, row_axes = inputs.sharding.mesh, inputs.sharding.spec[0]
-        return _translate_tokens_per_device(
-            model, *arguments, **settings, mesh=mesh, row_axes=row_axes
+        rows_of = (inputs.sharding.mesh, inputs.sharding.spec[0])
+        return _translate_tokens(
+            model, *arguments, **settings, max_stages=stages.MAX_STAGES, rows_of=rows_of
         )
     return _translate_tokens(model, *arguments, **settings, max_stages=1)
-
-
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "model",
-        "beam_size",
-        "max_decode_length",
-        "early_stopping",
-        "mesh",
-        "row_axes",
-    ),
-)
-def _translate_tokens_per_device(
-    model: Transformer,
-    params,
-    inputs: Array,
-    max_lengths: Array,
-    alpha: Array,
-    *,
-    beam_size: int,
-    max_decode_length: int,
-    early_stopping: bool,
-    mesh: Mesh,
-    row_axes,
-) -> Array:
-    """_translate_tokens run by every device on its own rows (`row_axes` of `mesh`), each with
-    the whole parameters: a device drops its finished sentences from its own stages, and no
-    data moves between devices."""
-
-    def decode_rows(params, inputs, max_lengths, alpha):
-        return _translate_tokens(
-            model,
-            params,
-            inputs,
-            max_lengths,
-            alpha,
-            beam_size=beam_size,
-            max_decode_length=max_decode_length,
-            early_stopping=early_stopping,
-            max_stages=stages.MAX_STAGES,
-        )
-
-    rows = PartitionSpec(row_axes)
-    return jax.shard_map(
-        decode_rows,
-        mesh=mesh,
-        in_specs=(PartitionSpec(), rows, rows, PartitionSpec()),
-        out_specs=rows,
-        check_vma=False,  # no collectives inside; the search's fresh arrays are per device
-    )(params, inputs, max_lengths, alpha)
 
 
 def _split_over_devices(inputs: Array) -> bool:

@@ -395,26 +395,21 @@ def test_rows_split_over_devices_holding_all_parameters_decode_alone(small, monk
     split_inputs, split_limits = jax.device_put(inputs, rows), jax.device_put(limits, rows)
     replicated = jax.device_put(params, NamedSharding(mesh, P()))
     per_device = []
-    original = translator_module._translate_tokens_per_device
-    monkeypatch.setattr(
-        translator_module,
-        "_translate_tokens_per_device",
-        lambda *args, **kwargs: per_device.append(args) or original(*args, **kwargs),
-    )
+    original = translator_module._translate_tokens
+
+    def recording(*args, **kwargs):
+        if kwargs.get("rows_of") is not None:
+            per_device.append((args, kwargs))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(translator_module, "_translate_tokens", recording)
     got = decode(replicated, split_inputs, max_lengths=split_limits)
     assert len(per_device) == 1
     np.testing.assert_array_equal(np.asarray(got), expected)
     assert got.sharding.shard_shape(got.shape)[0] == 4 and len(got.sharding.device_set) == 4
 
-    compiled = original.lower(
-        *per_device[0],
-        beam_size=beam_size,
-        max_decode_length=10,
-        early_stopping=False,
-        mesh=mesh,
-        row_axes="rows",
-    ).compile()
-    program = compiled.as_text()
+    args, kwargs = per_device[0]
+    program = original.lower(*args, **kwargs).compile().as_text()
     for collective in ("all-gather", "all-reduce", "all-to-all", "collective-permute"):
         assert collective not in program
 

@@ -142,9 +142,8 @@ _DEVICES = flags.DEFINE_integer(
     "devices",
     None,
     "Decode on this many local devices, each with all the parameters and its share of every "
-    "batch's rows (on a CPU: the CPU split into that many JAX devices). Default: "
-    f"{min(2, os.cpu_count() or 1)} on this CPU (2, or 1 on a 1-core machine), 1 on an "
-    "accelerator. Not with --mesh_shape.",
+    "batch's rows (on a CPU: the CPU split into that many JAX devices). Default: 2 on a CPU "
+    "(1 on a 1-core machine), 1 on an accelerator. Not with --mesh_shape.",
 )
 _PROGRESS = flags.DEFINE_bool(
     "progress", True, "Show a progress bar on stderr when it is a terminal (--noprogress: never)."

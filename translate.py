@@ -273,8 +273,8 @@ def translate_input(
     rows: Sharding | None,
 ) -> tuple[line_translation.TranslationStats, list[str], list[str]]:
     """Translates the input to the output chunk by chunk, each batch's rows split by `rows`
-    (None: one device). Returns (statistics, every output
-    line if a reference or plot needs them else [], the input if the plot needs it else [])."""
+    (None: one device). Returns (statistics, every output line if a reference or plot needs
+    them else [], the input if the plot needs it else [])."""
     interactive = _INPUT.value is None and sys.stdin.isatty()
     chunk_lines = 1 if interactive else CHUNK_BATCHES * settings.batch_size
     keep_outputs = _REFERENCE.value is not None

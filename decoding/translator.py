@@ -128,18 +128,24 @@ def translate_tokens(
     inputs = jnp.asarray(inputs, jnp.int32)
     if max_lengths is None:
         max_lengths = np.full((inputs.shape[0],), max_decode_length, np.int32)
-    settings = dict(
-        beam_size=beam_size, max_decode_length=max_decode_length, early_stopping=early_stopping
+    max_stages, rows_of = stages.MAX_STAGES, None
+    if _split_over_devices(inputs):
+        if _held_whole_by_each(params, inputs.sharding):
+            rows_of = (inputs.sharding.mesh, inputs.sharding.spec[0])
+        else:
+            max_stages = 1
+    return _translate_tokens(
+        model,
+        params,
+        inputs,
+        jnp.asarray(max_lengths, jnp.int32),
+        jnp.float32(alpha),
+        beam_size=beam_size,
+        max_decode_length=max_decode_length,
+        early_stopping=early_stopping,
+        max_stages=max_stages,
+        rows_of=rows_of,
     )
-    arguments = (params, inputs, jnp.asarray(max_lengths, jnp.int32), jnp.float32(alpha))
-    if not _split_over_devices(inputs):
-        return _translate_tokens(model, *arguments, **settings, max_stages=stages.MAX_STAGES)
-    if _held_whole_by_each(params, inputs.sharding):
-        rows_of = (inputs.sharding.mesh, inputs.sharding.spec[0])
-        return _translate_tokens(
-            model, *arguments, **settings, max_stages=stages.MAX_STAGES, rows_of=rows_of
-        )
-    return _translate_tokens(model, *arguments, **settings, max_stages=1)
 
 
 def _split_over_devices(inputs: Array) -> bool:

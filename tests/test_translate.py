@@ -1,10 +1,9 @@
 """translate.py and what it stands on, on a tiny checkpoint trained by train.py on 8 devices
 laid out as (data, fsdp, tensor) = (2, 2, 2): a checkpoint saved from that mesh translates in
 translate.py (its CPU split into 2 devices, each decoding half of every batch) exactly as on
-the 8-device mesh here; scores equal the sacrebleu command's
-on the same files; checkpoint averaging against float64 numpy; line alignment with blank,
-CRLF, very long and non-UTF-8 lines; every bad-input error is one line; the attention plot is
-a PNG."""
+the 8-device mesh here; scores equal the sacrebleu command's on the same files; checkpoint
+averaging against float64 numpy; line alignment with blank, CRLF, very long and non-UTF-8
+lines; every bad-input error is one line; the attention plot is a PNG."""
 
 from __future__ import annotations
 

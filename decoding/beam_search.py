@@ -218,7 +218,7 @@ def search(
 
 
 def best_extensions(
-    logits: Array, alive_log_probs: Array, k: int, chunk: int = 64
+    logits: Array, alive_log_probs: Array, k: int, chunk: int = cached_model.VOCABULARY_CHUNK
 ) -> tuple[Array, Array, Array]:
     """The k best one-token extensions of each sentence, best first, exactly as jax.lax.top_k
     over alive_log_probs[b, beam] + log_softmax(logits)[b * beams + beam, token] flattened
@@ -228,32 +228,42 @@ def best_extensions(
     parent beams, tokens), each [batch, k]. The vocabulary is cut into chunks of `chunk`
     columns; the k chunks of a sentence with the largest maxima hold its k best extensions
     (each of those has a chunk maximum at least as large), so the exact top-k runs on those
-    k * chunk candidates only, and the log-softmax is never written out: its normaliser is
-    one reduction per row, added to the candidates."""
+    k * chunk candidates only. The log-softmax is never written out: its normaliser is one
+    more pass over the logits, with the chunk maxima for its maximum."""
     rows, vocab = logits.shape
     batch, beams = alive_log_probs.shape
-    num_chunks = -(-vocab // chunk)
-    shift = alive_log_probs.reshape(rows, 1) - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
-    scores = cached_model.without_padding(logits)
+    chunks, maxima = cached_model.vocabulary_chunks(logits, chunk)  # [rows, num_chunks, chunk]
+    num_chunks = maxima.shape[1]
+    shift = alive_log_probs.reshape(rows) - _log_normaliser(logits, maxima)  # [rows]
     if num_chunks <= k:  # a small vocabulary: every column is a candidate
-        values, flat = jax.lax.top_k((scores + shift).reshape(batch, beams * vocab), k)
+        scores = jnp.where(jnp.arange(vocab) == PAD_ID, -jnp.inf, logits) + shift[:, None]
+        values, flat = jax.lax.top_k(scores.reshape(batch, beams * vocab), k)
         return values, flat // vocab, (flat % vocab).astype(jnp.int32)
-    padding = ((0, 0), (0, num_chunks * chunk - vocab))
-    chunks = jnp.pad(scores, padding, constant_values=-jnp.inf).reshape(rows, num_chunks, chunk)
-    chunk_scores = chunks.max(axis=-1) + shift  # [rows, num_chunks]
+    chunk_scores = maxima + shift[:, None]  # [rows, num_chunks]
     _, best_chunks = jax.lax.top_k(chunk_scores.reshape(batch, beams * num_chunks), k)
     best_chunks = jnp.sort(best_chunks, axis=-1)  # (beam, chunk) order: ties keep the lower
     candidates = jnp.take_along_axis(
         chunks.reshape(batch, beams * num_chunks, chunk), best_chunks[..., None], axis=1
     )  # [batch, k, chunk]
     parents = best_chunks // num_chunks  # [batch, k]
+    tokens = (best_chunks % num_chunks)[..., None] * chunk + jnp.arange(chunk)  # [batch, k, chunk]
+    candidates = jnp.where(tokens == PAD_ID, -jnp.inf, candidates)
     candidates = (
         candidates + jnp.take_along_axis(shift.reshape(batch, beams), parents, 1)[..., None]
     )
     values, picks = jax.lax.top_k(candidates.reshape(batch, k * chunk), k)
-    picked_chunks = jnp.take_along_axis(best_chunks, picks // chunk, axis=-1)
-    tokens = (picked_chunks % num_chunks) * chunk + picks % chunk
-    return values, picked_chunks // num_chunks, tokens.astype(jnp.int32)
+    picked_parents = jnp.take_along_axis(parents, picks // chunk, axis=-1)
+    picked_tokens = jnp.take_along_axis(tokens.reshape(batch, k * chunk), picks, axis=-1)
+    return values, picked_parents, picked_tokens.astype(jnp.int32)
+
+
+def _log_normaliser(logits: Array, maxima: Array) -> Array:
+    """logsumexp of each row of logits [rows, vocab] (PAD included: it is in the model's
+    distribution) -> [rows], in one pass: the maximum that keeps exp() in range comes from the
+    chunk maxima [rows, num_chunks] (PAD excluded) and PAD's own logit."""
+    row_max = jnp.maximum(maxima.max(axis=-1), logits[:, PAD_ID])
+    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)  # as jax.nn.logsumexp
+    return row_max + jnp.log(jnp.sum(jnp.exp(logits - row_max[:, None]), axis=-1))
 
 
 def reorder_history(cache: Cache, parents: Array) -> Cache:

@@ -18,6 +18,7 @@ from decoding import (
     EOS_ID,
     PAD_ID,
     beam_search,
+    cached_model,
     cross_attention_weights,
     greedy_search,
     translate_texts,
@@ -357,6 +358,23 @@ def test_best_extensions_equal_a_full_sort_in_float64(vocab, beams, chunk):
     np.testing.assert_array_equal(np.asarray(parents), order // vocab)
     np.testing.assert_array_equal(np.asarray(tokens), order % vocab)
     assert set(np.asarray(tokens)[1]) <= {vocab - 3, vocab - 2, vocab - 1}  # from the last chunk
+
+
+@pytest.mark.parametrize("vocab", [8000, 1000, 37, 64])
+def test_most_probable_tokens_equal_numpy_argmax(vocab):
+    """Greedy's choice through chunk maxima is np.argmax with PAD excluded: ties to the lower
+    token (within a chunk and across chunks), a PAD that dominates, a vocabulary that is not a
+    whole number of chunks, and a winner in the padded last chunk."""
+    rng = np.random.default_rng(vocab)
+    logits = rng.normal(size=(6, vocab)).astype(np.float32)
+    logits[0] = rng.integers(0, 3, vocab)  # many ties
+    logits[1, [PAD_ID, 3]] = 50.0, 9.0  # PAD the likeliest, never chosen, in the best chunk
+    logits[2, [vocab - 1, vocab // 2]] = 9.0  # a tie across chunks: the lower one wins
+    logits[3, vocab - 1] = 9.0  # the last token, in the last (padded) chunk
+    logits[4, [1, 2]] = 9.0  # a tie in PAD's chunk, next to PAD
+    expected = np.where(np.arange(vocab) == PAD_ID, -np.inf, logits).argmax(-1)
+    got = jax.jit(cached_model.most_probable_tokens)(jnp.asarray(logits))
+    np.testing.assert_array_equal(np.asarray(got), expected)
 
 
 def test_beam_search_on_sharded_parameters_matches_one_device(small):

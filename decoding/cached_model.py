@@ -1,5 +1,6 @@
 """The model calls every search makes: encode the source once, then run the decoder one
-cached step at a time. The special token ids the searches rely on: data/special_tokens.py."""
+cached step at a time; and how a search reads a step's logits for its best tokens (chunk
+maxima, PAD never chosen). The special token ids the searches rely on: data/special_tokens.py."""
 
 from __future__ import annotations
 
@@ -92,7 +93,5 @@ def vocabulary_chunks(logits: Array, chunk: int = VOCABULARY_CHUNK) -> tuple[Arr
         logits = jnp.pad(logits, padding, constant_values=-jnp.inf)
     chunks = logits.reshape(rows, num_chunks, chunk)
     pad_chunk, pad_column = divmod(PAD_ID, chunk)
-    pad_chunk_max = jnp.where(jnp.arange(chunk) == pad_column, -jnp.inf, chunks[:, pad_chunk]).max(
-        axis=-1
-    )
-    return chunks, chunks.max(axis=-1).at[:, pad_chunk].set(pad_chunk_max)
+    without_pad = jnp.where(jnp.arange(chunk) == pad_column, -jnp.inf, chunks[:, pad_chunk])
+    return chunks, chunks.max(axis=-1).at[:, pad_chunk].set(without_pad.max(axis=-1))

@@ -340,7 +340,8 @@ def test_best_extensions_equal_a_full_sort_in_float64(vocab, beams, chunk):
     logits = rng.normal(size=(batch, beams, vocab))
     logits[0] = rng.integers(0, 6, vocab)  # sentence 0: every beam the same, many ties
     logits[1, :, : vocab - 3] = -30.0  # sentence 1: three likely tokens, at the end
-    logits[3, :, PAD_ID] = 20.0  # sentence 3: PAD by far the likeliest, and never chosen
+    logits[3, :, PAD_ID] = 200.0  # sentence 3: PAD by far the likeliest (exp overflows without
+    #                               its logit in the normaliser's maximum), and never chosen
     alive = rng.normal(size=(batch, beams)) - 1.0
     alive[0] = -2.0
     alive[2, 1:] = -np.inf  # sentence 2: one live beam (as at the first step)

@@ -242,12 +242,10 @@ def best_extensions(
     chunk_scores = maxima + shift[:, None]  # [rows, num_chunks]
     _, best_chunks = jax.lax.top_k(chunk_scores.reshape(batch, beams * num_chunks), k)
     best_chunks = jnp.sort(best_chunks, axis=-1)  # (beam, chunk) order: ties keep the lower
-    candidates = jnp.take_along_axis(
-        chunks.reshape(batch, beams * num_chunks, chunk), best_chunks[..., None], axis=1
-    )  # [batch, k, chunk]
+    candidates, tokens = cached_model.read_chunks(
+        chunks.reshape(batch, beams * num_chunks, chunk), best_chunks, num_chunks
+    )  # [batch, k, chunk] each
     parents = best_chunks // num_chunks  # [batch, k]
-    tokens = (best_chunks % num_chunks)[..., None] * chunk + jnp.arange(chunk)  # [batch, k, chunk]
-    candidates = jnp.where(tokens == PAD_ID, -jnp.inf, candidates)
     candidates = (
         candidates + jnp.take_along_axis(shift.reshape(batch, beams), parents, 1)[..., None]
     )

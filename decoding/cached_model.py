@@ -17,6 +17,7 @@ __all__ = [
     "VOCABULARY_CHUNK",
     "check_decode_length",
     "most_probable_tokens",
+    "read_chunks",
     "start",
     "step",
     "vocabulary_chunks",
@@ -70,12 +71,10 @@ def most_probable_tokens(logits: Array) -> Array:
     lower token. Found through the chunk maxima (`vocabulary_chunks`): XLA:CPU's argmax over a
     whole row is an unvectorised loop, many times slower than a max."""
     chunks, maxima = vocabulary_chunks(logits)
-    chunk = chunks.shape[-1]
-    best_chunk = jnp.argmax(maxima, axis=-1)  # [rows]: the first chunk holding the row's max
-    candidates = jnp.take_along_axis(chunks, best_chunk[:, None, None], axis=1)[:, 0]
-    tokens = best_chunk[:, None] * chunk + jnp.arange(chunk)  # [rows, chunk]
-    candidates = jnp.where(tokens == PAD_ID, -jnp.inf, candidates)
-    return (best_chunk * chunk + jnp.argmax(candidates, axis=-1)).astype(jnp.int32)
+    best_chunk = jnp.argmax(maxima, axis=-1)[:, None]  # [rows, 1]: the first holding the max
+    candidates, tokens = read_chunks(chunks, best_chunk, maxima.shape[1])  # [rows, 1, chunk]
+    best = jnp.argmax(candidates[:, 0], axis=-1)[:, None]  # the first column holding it
+    return jnp.take_along_axis(tokens[:, 0], best, axis=-1)[:, 0].astype(jnp.int32)
 
 
 def vocabulary_chunks(logits: Array, chunk: int = VOCABULARY_CHUNK) -> tuple[Array, Array]:
@@ -85,7 +84,7 @@ def vocabulary_chunks(logits: Array, chunk: int = VOCABULARY_CHUNK) -> tuple[Arr
 
     PAD_ID is never an output, so a zero in an output sequence always means "after EOS" (or
     "after the length limit"). It is left out of the maxima by fixing its own chunk only, so
-    the logits are read once and never rewritten; whoever reads a chunk leaves PAD out of it."""
+    the logits are read once and never rewritten; `read_chunks` leaves it out of what it reads."""
     rows, vocab = logits.shape
     num_chunks = -(-vocab // chunk)
     if num_chunks * chunk > vocab:
@@ -95,3 +94,13 @@ def vocabulary_chunks(logits: Array, chunk: int = VOCABULARY_CHUNK) -> tuple[Arr
     pad_chunk, pad_column = divmod(PAD_ID, chunk)
     without_pad = jnp.where(jnp.arange(chunk) == pad_column, -jnp.inf, chunks[:, pad_chunk])
     return chunks, chunks.max(axis=-1).at[:, pad_chunk].set(without_pad.max(axis=-1))
+
+
+def read_chunks(chunks: Array, picked: Array, num_chunks: int) -> tuple[Array, Array]:
+    """The chunks `picked` [groups, m] of chunks [groups, n * num_chunks, chunk] (a group: one
+    or more vocabulary rows' chunks, row after row) -> (their logits with PAD at -inf, their
+    token ids), each [groups, m, chunk]."""
+    chunk = chunks.shape[-1]
+    candidates = jnp.take_along_axis(chunks, picked[..., None], axis=1)
+    tokens = (picked % num_chunks)[..., None] * chunk + jnp.arange(chunk)
+    return jnp.where(tokens == PAD_ID, -jnp.inf, candidates), tokens
